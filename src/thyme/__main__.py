@@ -1,0 +1,5 @@
+"""`python -m thyme` is the `thyme` command."""
+
+from thyme.cli import main
+
+main()

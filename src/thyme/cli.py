@@ -1,0 +1,141 @@
+"""The `thyme` command line: thin wrappers over the Python API, with rich output for people.
+
+Commands grow with the project; each one only parses flags, calls the library, and renders the result.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import thyme
+
+app = typer.Typer(
+    help="thyme-vl: vision-language models that think beyond images (code-writing reasoning + sandbox).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+sandbox_app = typer.Typer(help="Inspect and use the code sandbox.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"thyme-vl {thyme.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """thyme-vl command line."""
+
+
+@app.command()
+def demo(
+    out: pathlib.Path = typer.Option(
+        pathlib.Path("demo_out"), help="Where the scene and outputs are written."
+    ),
+) -> None:
+    """Run released-model-shaped crop/zoom and calculation code in the real sandbox on a generated image."""
+    from thyme.demo import run_demo
+
+    raise typer.Exit(run_demo(out, console))
+
+
+@sandbox_app.command("check")
+def sandbox_check(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Print the confinement layers active on this machine and run a functional self-test."""
+    from thyme.sandbox.selftest import run_selftest
+
+    report = run_selftest()
+    if as_json:
+        console.print_json(json.dumps(report))
+    else:
+        table = Table(title="sandbox layers")
+        for col in ("layer", "state", "detail"):
+            table.add_column(col)
+        for layer in report["layers"]:
+            state = "[green]active[/]" if layer["active"] else "[red]missing[/]"
+            table.add_row(layer["name"], state, layer["detail"])
+        console.print(table)
+        for check in report["checks"]:
+            mark = "[green]ok[/]" if check["passed"] else "[red]FAILED[/]"
+            console.print(f"{mark} {check['name']}: {check['detail']}")
+    if not all(check["passed"] for check in report["checks"]):
+        raise typer.Exit(1)
+
+
+@sandbox_app.command("exec")
+def sandbox_exec(
+    files: list[pathlib.Path] = typer.Argument(..., help="Python files, run in order in one session."),
+    image: list[pathlib.Path] = typer.Option(
+        [], "--image", "-i", help="Input image(s); the first is image_path."
+    ),
+    timeout: float = typer.Option(30.0, help="Wall-clock limit per file, seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
+    out: pathlib.Path | None = typer.Option(
+        None, help="Copy the images each file produced into this directory."
+    ),
+) -> None:
+    """Run Python files in one sandbox session (variables persist from file to file)."""
+    import shutil
+
+    from thyme.sandbox import Sandbox, SandboxConfig
+
+    for path in [*files, *image]:
+        if not path.is_file():
+            err_console.print(f"error: {path} is not a file; pass existing paths")
+            raise typer.Exit(2)
+    failed = False
+    with (
+        Sandbox(SandboxConfig(timeout_s=timeout, pool_size=0)) as sandbox,
+        sandbox.session(inputs=image) as s,
+    ):
+        for path in files:
+            result = s.run(path.read_text())
+            failed |= not result.ok
+            images = [str(p) for p in result.images]
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                images = [shutil.copy(p, out / f"{path.stem}-{p.name}") for p in result.images]
+            if as_json:
+                sys.stdout.write(
+                    json.dumps(
+                        {
+                            "file": str(path),
+                            "stdout": result.stdout,
+                            "error": result.error,
+                            "timed_out": result.timed_out,
+                            "images": images,
+                            "repairs": result.repairs,
+                            "duration_s": result.duration_s,
+                        }
+                    )
+                    + "\n"
+                )
+            else:
+                console.rule(str(path))
+                if result.stdout:
+                    console.print(result.stdout, end="", markup=False, highlight=False)
+                if result.error:
+                    err_console.print(result.error, markup=False, highlight=False)
+                console.print(
+                    f"[dim]{result.duration_s * 1000:.1f} ms; images: {', '.join(images) or 'none'}; "
+                    f"repairs: {', '.join(result.repairs) or 'none'}[/]"
+                )
+    raise typer.Exit(1 if failed else 0)
+
+
+def main() -> None:
+    app()

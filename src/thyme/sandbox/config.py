@@ -1,0 +1,65 @@
+"""`SandboxConfig`: every knob of the sandbox in one frozen, validated dataclass.
+
+Defaults follow what the released Thyme model needs (REFERENCE.md section 1-2): enough time and memory for
+image code on multi-megapixel inputs, the aspect-ratio rejection at 200, and all repair passes on.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+from thyme.sandbox.repairs import REPAIR_NAMES
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How sessions are run and what their outputs may be.
+
+    timeout_s:           wall-clock limit of one `run` call; the worker is killed when it passes.
+    memory_mb:           address-space limit of a worker process.
+    pool_size:           workers kept forked and waiting, so that a session starts without a fork.
+    max_stdout_chars:    printed text kept per call (the rest is dropped and `truncated` is set).
+    max_images_per_call: images collected from one call; further ones are listed in `rejected`.
+    max_image_bytes:     size cap of one output file.
+    max_image_pixels:    pixel cap of one output image (decompression bombs are refused unread).
+    max_aspect_ratio:    images whose long/short side ratio exceeds this are refused (the reference: 200).
+    repairs:             names of the enabled repair passes (see `thyme.sandbox.repairs.REPAIR_NAMES`).
+    root_dir:            where session directories live; a private temporary directory when None.
+    """
+
+    timeout_s: float = 30.0
+    memory_mb: int = 4096
+    pool_size: int = 2
+    max_stdout_chars: int = 65536
+    max_images_per_call: int = 8
+    max_image_bytes: int = 64 << 20
+    max_image_pixels: int = 50_000_000
+    max_aspect_ratio: float = 200.0
+    repairs: tuple[str, ...] = REPAIR_NAMES
+    root_dir: pathlib.Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"SandboxConfig.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+        if self.memory_mb < 256:
+            raise ValueError(
+                f"SandboxConfig.memory_mb={self.memory_mb} is too small for numpy/PIL/cv2; use >= 256 (MiB)"
+            )
+        if self.pool_size < 0:
+            raise ValueError(f"SandboxConfig.pool_size must be >= 0, got {self.pool_size}")
+        for name in ("max_stdout_chars", "max_images_per_call", "max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SandboxConfig.{name} must be a positive number, got {getattr(self, name)}")
+        if self.max_aspect_ratio < 1:
+            raise ValueError(f"SandboxConfig.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
+        unknown = sorted(set(self.repairs) - set(REPAIR_NAMES))
+        if unknown:
+            raise ValueError(
+                f"SandboxConfig.repairs has unknown pass(es) {unknown}; "
+                f"valid names: {', '.join(REPAIR_NAMES)}"
+            )
+        if isinstance(self.repairs, (list, set, frozenset)):
+            object.__setattr__(self, "repairs", tuple(self.repairs))
+        if self.root_dir is not None:
+            object.__setattr__(self, "root_dir", pathlib.Path(self.root_dir))

@@ -1,0 +1,153 @@
+"""`Sandbox`: owns the zygote, a pool of warm workers, and the directory tree of its sessions.
+
+    with Sandbox(SandboxConfig(timeout_s=10)) as sandbox:
+        with sandbox.session(inputs=["photo.jpg"]) as session:
+            result = session.run("from PIL import Image\\nprint(Image.open(image_path).size)")
+
+Model code never runs in the caller's process: each session is a worker forked from a zygote interpreter
+that was started fresh (not forked from the caller) and imported numpy, PIL and cv2 once. A background
+thread keeps `config.pool_size` workers forked and waiting, so a session starts with one round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+import weakref
+
+from thyme.sandbox.config import SandboxConfig
+from thyme.sandbox.layers import Layer, detect_layers
+from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
+from thyme.sandbox.session import Session
+
+
+class Sandbox:
+    """A pool of sandbox workers. Thread-safe; use as a context manager or call `close()`."""
+
+    def __init__(self, config: SandboxConfig | None = None, **overrides: object) -> None:
+        if config is not None and overrides:
+            raise TypeError("pass either a SandboxConfig or keyword fields, not both")
+        self.config = config if config is not None else SandboxConfig(**overrides)  # type: ignore[arg-type]
+        if self.config.root_dir is not None:
+            self.config.root_dir.mkdir(parents=True, exist_ok=True)
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="thyme-sandbox-", dir=self.config.root_dir))
+        self.layers: tuple[Layer, ...] = detect_layers()
+        self._limits = {"memory_mb": self.config.memory_mb}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._pool: list[WorkerHandle] = []
+        self._wanted = threading.Condition(self._lock)
+        self._closed = False
+        self._zygote = Zygote(self.root / "zygote.log")
+        self._refiller = threading.Thread(target=self._refill_loop, name="thyme-sandbox-pool", daemon=True)
+        self._refiller.start()
+
+    @property
+    def isolation(self) -> tuple[str, ...]:
+        """Names of the confinement layers active for this sandbox's workers."""
+        return tuple(layer.name for layer in self.layers if layer.active)
+
+    # -- sessions ------------------------------------------------------------------------------------
+    def session(self, inputs: list[str | os.PathLike] | tuple = ()) -> Session:
+        """Open an episode whose code sees `inputs` (image files); `image_path` is the first one."""
+        paths = []
+        for p in inputs:
+            path = pathlib.Path(p).expanduser().resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"sandbox input {str(p)!r} is not a readable file; pass image paths")
+            paths.append(str(path))
+        session = Session(self, tuple(paths), self._new_home())
+        try:
+            session._ensure_worker()
+        except BaseException:
+            session.close()
+            raise
+        self._adopt(session)
+        return session
+
+    def _new_home(self) -> pathlib.Path:
+        if self._closed:
+            raise RuntimeError("this Sandbox is closed")
+        return self.root / f"s{next(self._ids):06d}"
+
+    def _adopt(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def _forget(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    # -- the warm pool -------------------------------------------------------------------------------
+    def _take_worker(self) -> WorkerHandle:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Sandbox is closed")
+            handle = self._pool.pop() if self._pool else None
+            self._wanted.notify()
+        return handle if handle is not None else self._spawn()
+
+    def _spawn(self) -> WorkerHandle:
+        try:
+            return self._zygote.spawn(self._limits)
+        except SandboxError:
+            with self._lock:
+                if self._closed:
+                    raise
+                if not self._zygote.alive:  # restart a zygote that died, once, then give up loudly
+                    self._zygote.close()
+                    self._zygote = Zygote(self.root / "zygote.log")
+            return self._zygote.spawn(self._limits)
+
+    def _refill_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and len(self._pool) >= self.config.pool_size:
+                    self._wanted.wait()
+                if self._closed:
+                    return
+            try:
+                handle = self._spawn()
+            except (SandboxError, RuntimeError):
+                return
+            with self._lock:
+                if self._closed:
+                    handle.kill()
+                    return
+                self._pool.append(handle)
+
+    # -- teardown ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Kill every worker and the zygote, and delete all session directories."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wanted.notify_all()
+            pool, self._pool = self._pool, []
+            sessions = list(self._sessions)
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                session.close()
+        for handle in pool:
+            handle.kill()
+        self._zygote.close()
+        self._refiller.join(timeout=5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()

@@ -1,0 +1,59 @@
+"""A functional self-test of the sandbox on this machine, used by `thyme sandbox check`.
+
+It starts a real sandbox and checks the behaviours every consumer relies on: code runs out of process,
+state persists, an image is produced and collected, a runaway loop is killed on time, and a crash is an
+error result rather than a hang. The confinement attack suite lives in the tests; this is the quick check.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+from PIL import Image
+
+from thyme.sandbox.config import SandboxConfig
+from thyme.sandbox.core import Sandbox
+
+
+def run_selftest(timeout_s: float = 1.0) -> dict[str, Any]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, passed: bool, detail: str) -> None:
+        checks.append({"name": name, "passed": bool(passed), "detail": detail})
+
+    with tempfile.TemporaryDirectory(prefix="thyme-selftest-") as tmp:
+        image = os.path.join(tmp, "input.png")
+        Image.new("RGB", (640, 480), (200, 30, 30)).save(image)
+        with Sandbox(SandboxConfig(timeout_s=timeout_s, pool_size=1)) as sandbox:
+            layers = [{"name": x.name, "active": x.active, "detail": x.detail} for x in sandbox.layers]
+            with sandbox.session(inputs=[image]) as s:
+                r = s.run("import os\npid = os.getpid()\nprint(pid)")
+                check(
+                    "out-of-process",
+                    r.ok and r.stdout.strip() != str(os.getpid()),
+                    f"worker pid {r.stdout.strip()}",
+                )
+                r = s.run("print(pid == os.getpid())")
+                check("state persists", r.stdout.strip() == "True", r.stdout.strip() or str(r.error))
+                r = s.run(
+                    "from PIL import Image\nim = Image.open(image_path).crop((0, 0, 100, 100))\n"
+                    "processed_path = '/mnt/data/temp_processed_images/crop.png'\nim.save(processed_path)\n"
+                    "print(processed_path)"
+                )
+                check(
+                    "image collected",
+                    r.ok and len(r.images) == 1,
+                    f"{len(r.images)} image(s), error={r.error}",
+                )
+                start = time.monotonic()
+                r = s.run("while True:\n    pass")
+                took = time.monotonic() - start
+                check("timeout kills", r.timed_out and took < timeout_s + 1, f"stopped after {took:.2f} s")
+                r = s.run("import os\nos._exit(7)")
+                check("crash is an error", r.error is not None and not r.timed_out, (r.error or "")[:60])
+                r = s.run("print('alive')")
+                check("recovers after crash", r.stdout.strip() == "alive" and r.restarted, r.stdout.strip())
+    return {"layers": layers, "checks": checks}

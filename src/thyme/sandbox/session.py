@@ -1,0 +1,231 @@
+"""`Session`: one episode's sandbox state, living in its own worker process.
+
+Variables persist across `run` calls of a session (one namespace, so functions see top-level names).
+`fork()` branches the state copy-on-write into an independent session (the N samples of a GRPO group).
+A call that times out or crashes kills the worker and returns an error result; the next call transparently
+starts a fresh worker and says so with `restarted=True`. Sessions never share state or output directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from thyme.sandbox import wire
+from thyme.sandbox.collector import Collector
+from thyme.sandbox.process import SandboxError, WorkerHandle, peer_pid
+from thyme.sandbox.repairs import REPAIR_NAMES
+from thyme.sandbox.result import ExecutionResult
+
+if TYPE_CHECKING:
+    from thyme.sandbox.core import Sandbox
+
+FORK_TIMEOUT_S = 10.0
+LOST_STATE = "the session's variables are lost; the next block starts from a fresh interpreter"
+
+
+class SessionBusy(RuntimeError):
+    """Two calls were made on one session at the same time; use one session per trajectory."""
+
+
+class Session:
+    """A sandbox episode. Create it with `Sandbox.session(inputs=[...])`, use it as a context manager."""
+
+    def __init__(self, sandbox: Sandbox, inputs: tuple[str, ...], home: pathlib.Path) -> None:
+        self._sandbox = sandbox
+        self.inputs = inputs
+        self.home = home
+        self.output_dir = home / "out"
+        self.images_dir = home / "images"
+        self.output_dir.mkdir(parents=True)
+        self.images_dir.mkdir()
+        self._collector = Collector(self.output_dir, self.images_dir, sandbox.config)
+        self._handle: WorkerHandle | None = None
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._lost_state = False
+        self.closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def _bind(self, handle: WorkerHandle) -> None:
+        cfg = self._sandbox.config
+        handle.channel.send(
+            {
+                "op": "init",
+                "inputs": list(self.inputs),
+                "output_dir": str(self.output_dir),
+                "repairs": list(cfg.repairs),
+                "max_stdout": cfg.max_stdout_chars,
+            }
+        )
+        try:
+            reply = handle.channel.recv(time.monotonic() + FORK_TIMEOUT_S)
+        except wire.WireError as exc:
+            handle.kill()
+            raise SandboxError(f"a sandbox worker failed to start a session: {exc}") from None
+        if reply.get("ok") is not True:
+            handle.kill()
+            raise SandboxError("a sandbox worker refused to start a session")
+        self._handle = handle
+
+    def _ensure_worker(self) -> bool:
+        """Make sure a live worker is bound; True when a fresh one replaced a dead one."""
+        if self.closed:
+            raise RuntimeError("this sandbox session is closed; open a new one with sandbox.session(...)")
+        if self._handle is not None:
+            return False
+        try:
+            self._bind(self._sandbox._take_worker())
+        except SandboxError:  # a pooled worker that died while waiting: one retry with a fresh fork
+            self._bind(self._sandbox._spawn())
+        restarted, self._lost_state = self._lost_state, False
+        return restarted
+
+    def _discard_worker(self) -> None:
+        if self._handle is not None:
+            self._handle.kill()
+            self._handle = None
+            self._lost_state = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self._handle is not None:
+                with contextlib.suppress(wire.WireError):
+                    self._handle.channel.send({"op": "close"})
+                self._handle.kill()
+                self._handle = None
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            self._sandbox._forget(self)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running code --------------------------------------------------------------------------------
+    def run(self, code: str) -> ExecutionResult:
+        """Run one code block in this session and collect what it produced."""
+        with self._exclusive():
+            start, restarted = time.monotonic(), self._ensure_worker()
+            handle = self._send_run(code)
+            try:
+                reply = handle.channel.recv(start + self._sandbox.config.timeout_s)
+            except wire.WireError as exc:
+                return self._failed(exc, start, restarted)
+            return self._finish(reply, start, restarted)
+
+    async def arun(self, code: str) -> ExecutionResult:
+        """`run` for asyncio: many sessions can wait on their workers concurrently in one thread."""
+        with self._exclusive():
+            start, restarted = time.monotonic(), self._ensure_worker()
+            handle = self._send_run(code)
+            try:
+                reply = await handle.channel.arecv(start + self._sandbox.config.timeout_s)
+            except wire.WireError as exc:
+                return self._failed(exc, start, restarted)
+            return self._finish(reply, start, restarted)
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        if not self._lock.acquire(blocking=False):
+            raise SessionBusy(
+                "this sandbox session is already running a call; use one session per trajectory"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _send_run(self, code: str) -> WorkerHandle:
+        if not isinstance(code, str):
+            raise TypeError(f"session.run expects the code as str, got {type(code).__name__}")
+        assert self._handle is not None
+        self._calls += 1
+        with contextlib.suppress(wire.WireError):  # a dead worker shows up as PeerDied on receive
+            self._handle.channel.send({"op": "run", "code": code, "call": self._calls})
+        return self._handle
+
+    def _failed(self, exc: wire.WireError, start: float, restarted: bool) -> ExecutionResult:
+        self._discard_worker()
+        timeout = self._sandbox.config.timeout_s
+        if isinstance(exc, wire.Deadline):
+            error = f"TimeoutError: the code ran longer than {timeout:g} s and was stopped; {LOST_STATE}"
+        elif isinstance(exc, wire.PeerDied):
+            error = f"SandboxCrash: the process running the code died (crash, os._exit or kill); {LOST_STATE}"
+        else:
+            error = f"SandboxProtocolError: the worker sent a malformed reply ({exc}); {LOST_STATE}"
+        return ExecutionResult(
+            error=error,
+            timed_out=isinstance(exc, wire.Deadline),
+            duration_s=time.monotonic() - start,
+            restarted=restarted,
+        )
+
+    def _finish(self, reply: dict[str, Any], start: float, restarted: bool) -> ExecutionResult:
+        cfg = self._sandbox.config
+        stdout, stderr, error = reply.get("stdout"), reply.get("stderr"), reply.get("error")
+        processed, repairs = reply.get("processed"), reply.get("repairs")
+        if not (
+            isinstance(stdout, str)
+            and isinstance(stderr, str)
+            and (error is None or isinstance(error, str))
+            and isinstance(processed, list)
+            and isinstance(repairs, list)
+        ):
+            return self._failed(wire.WireError("fields of the wrong type"), start, restarted)
+        collected = self._collector.collect(self._calls, processed, stdout)
+        if collected.rejected and error is None:
+            error = "\n".join(collected.rejected)
+        return ExecutionResult(
+            stdout=stdout[: cfg.max_stdout_chars],
+            stderr=stderr[: cfg.max_stdout_chars],
+            error=error[: cfg.max_stdout_chars] if error is not None else None,
+            truncated=reply.get("truncated") is True or len(stdout) > cfg.max_stdout_chars,
+            images=collected.images,
+            repairs=[name for name in REPAIR_NAMES if name in repairs],
+            rejected=collected.rejected,
+            restarted=restarted,
+            duration_s=time.monotonic() - start,
+        )
+
+    # -- branching -----------------------------------------------------------------------------------
+    def fork(self) -> Session:
+        """An independent copy of this session's state (copy-on-write, in a new process)."""
+        with self._exclusive():
+            self._ensure_worker()
+            assert self._handle is not None
+            child = Session(self._sandbox, self.inputs, self._sandbox._new_home())
+            channel = self._handle.channel
+            try:
+                channel.send({"op": "fork", "output_dir": str(child.output_dir)})
+                deadline = time.monotonic() + FORK_TIMEOUT_S
+                announce = channel.recv(deadline)
+                fds = channel.take_fds()
+                done = channel.recv(deadline)
+            except wire.WireError as exc:
+                self._discard_worker()
+                child.close()
+                raise SandboxError(f"forking the session failed: {exc}") from None
+            if announce.get("forked") is not True or done.get("ok") is not True or len(fds) != 1:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                self._discard_worker()
+                child.close()
+                raise SandboxError("forking the session failed: the worker answered out of protocol")
+            sock = socket.socket(fileno=fds[0])
+            child._handle = WorkerHandle.adopt(sock, peer_pid(sock))
+            child._calls = self._calls
+            child._collector.mark_all_seen()
+            self._sandbox._adopt(child)
+            return child

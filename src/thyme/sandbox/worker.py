@@ -1,0 +1,262 @@
+"""The worker: the process that runs model code for exactly one sandbox session.
+
+A worker is forked by the zygote (`thyme.sandbox.zygote`) with numpy, PIL and cv2 already imported, so
+starting one costs a fork, not an interpreter start. It closes every descriptor except its channel, applies
+its resource limits, and then serves frames from the caller:
+
+    init  {inputs, output_dir, repairs, max_stdout}   bind the session (once)
+    run   {code, call}                                  repair, compile, exec in the session namespace
+    fork  {output_dir}                                  branch: a child process continues with a copy
+    close {}                                            exit
+
+Everything here runs in the same process as model code, so nothing the worker says is trusted by the caller:
+the caller re-checks every path and caps every size (`thyme.sandbox.collector`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import linecache
+import os
+import resource
+import shutil
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from thyme.sandbox import wire
+from thyme.sandbox.clamp import make_runtime_helpers
+from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
+
+MAX_REQUEST_BYTES = 16 << 20
+
+
+class CappedText(io.TextIOBase):
+    """A write-only text stream that keeps the first `limit` characters and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        room = self.limit - self.size
+        if room > 0:
+            self.parts.append(s[:room])
+            self.size += min(len(s), room)
+        self.dropped += max(0, len(s) - max(room, 0))
+        return len(s)
+
+    def getvalue(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass
+class SessionState:
+    """What a worker remembers between calls: the namespace and where the session lives."""
+
+    inputs: list[str] = field(default_factory=list)
+    output_dir: str = ""
+    repairs: tuple[str, ...] = REPAIR_NAMES
+    max_stdout: int = 65536
+    namespace: dict[str, Any] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+
+    def bind(self, msg: dict[str, Any]) -> None:
+        self.inputs = [str(p) for p in msg["inputs"]]
+        self.output_dir = str(msg["output_dir"])
+        self.repairs = tuple(msg.get("repairs", REPAIR_NAMES))
+        self.max_stdout = int(msg.get("max_stdout", self.max_stdout))
+        os.chdir(self.output_dir)
+        self.namespace = {"__name__": "__main__", "__builtins__": builtins}
+        self.namespace.update(make_runtime_helpers(self.fired.append))
+        self.namespace.update(
+            image_path=self.inputs[0] if self.inputs else None,
+            image_paths=list(self.inputs),
+            output_dir=self.output_dir,
+        )
+
+
+def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
+    """Repair, compile and execute one block; return the (untrusted) reply frame."""
+    state.fired.clear()
+    ctx = RepairContext(
+        input_paths=tuple(state.inputs),
+        output_dir=state.output_dir,
+        bound_names=frozenset(state.namespace),
+    )
+    outcome = apply_repairs(code, ctx, state.repairs)
+    for name in getattr(outcome, "needs", ()):
+        if name not in state.namespace:
+            state.namespace[name] = __import__(name)
+    out, err = CappedText(state.max_stdout), CappedText(state.max_stdout)
+    filename = f"<cell {call}>"
+    error = None
+    before = state.namespace.get("processed_path")
+    saved = sys.stdout, sys.stderr
+    try:
+        compiled = compile(outcome.code, filename, "exec")
+    except (SyntaxError, ValueError) as exc:
+        error = _format_error(exc, filename)
+    else:
+        linecache.cache[filename] = (len(outcome.code), None, outcome.code.splitlines(True), filename)
+        sys.stdout, sys.stderr = out, err
+        try:
+            exec(compiled, state.namespace)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                error = f"SystemExit: {exc.code}"
+        except BaseException as exc:
+            error = _format_error(exc, filename)
+        finally:
+            sys.stdout, sys.stderr = saved
+    # Only a processed_path (re)assigned by this block names its output; a stale one from an earlier
+    # block would otherwise hand the model its previous image again.
+    after = state.namespace.get("processed_path")
+    repairs = [name for name in REPAIR_NAMES if name in outcome.applied or name in state.fired]
+    return {
+        "stdout": out.getvalue(),
+        "stderr": err.getvalue(),
+        "truncated": bool(out.dropped),
+        "error": error,
+        "repairs": repairs,
+        "processed": _processed_paths(after) if after is not before else [],
+    }
+
+
+def _format_error(exc: BaseException, filename: str) -> str:
+    """A traceback restricted to the model's own frames, as the model should see it."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell ")]
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(traceback.format_list(frames))
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return "".join(lines).rstrip()
+
+
+def _processed_paths(value: Any) -> list[str]:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [
+            os.fspath(v) if isinstance(v, os.PathLike) else v
+            for v in value[:64]
+            if isinstance(v, (str, os.PathLike))
+        ]
+    return []
+
+
+def fork_session(sock: socket.socket, state: SessionState, new_output_dir: str) -> socket.socket | None:
+    """Branch this session. Returns the child's new channel in the child, None in the parent.
+
+    The child makes a fresh socket pair and hands one end to the caller over the inherited channel; the
+    caller learns the child's pid from that socket's kernel credentials, not from anything the child says.
+    The parent waits until the child has finished talking before it acknowledges, so the two never
+    interleave frames on the shared channel.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        mine, theirs = socket.socketpair()
+        _copy_outputs(state.output_dir, new_output_dir)
+        _rebase(state, new_output_dir)
+        wire.send_frame(sock, {"forked": True}, fds=(theirs.fileno(),))
+        theirs.close()
+        sock.close()
+        os.close(w)
+        return mine
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    wire.send_frame(sock, {"ok": True, "child": pid})
+    return None
+
+
+def _copy_outputs(src: str, dst: str) -> None:
+    for entry in os.scandir(src):
+        if entry.is_file(follow_symlinks=False):
+            shutil.copyfile(entry.path, os.path.join(dst, entry.name), follow_symlinks=False)
+
+
+def _rebase(state: SessionState, new_dir: str) -> None:
+    """Point the branch at its own output directory, including string variables that named the old one."""
+    old = state.output_dir
+    state.output_dir = new_dir
+    os.chdir(new_dir)
+
+    def move(v: Any) -> Any:
+        if isinstance(v, str) and (v == old or v.startswith(old + os.sep)):
+            return new_dir + v[len(old) :]
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return [move(x) for x in v]
+        return v
+
+    for key, value in list(state.namespace.items()):
+        state.namespace[key] = move(value)
+
+
+def apply_limits(limits: dict[str, Any]) -> None:
+    """Resource limits that hold from the first line of model code on (lowered, never raised)."""
+    memory_mb = limits.get("memory_mb")
+    if memory_mb:
+        cap = int(memory_mb) << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def isolate_descriptors(keep: int) -> None:
+    """Close everything inherited from the zygote except the channel; stdio becomes /dev/null."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _max_fd())
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
+    """The worker's main loop. Never returns: the process exits when the session ends."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    isolate_descriptors(sock.fileno())
+    apply_limits(limits)
+    state = SessionState()
+    call = 0
+    while True:
+        try:
+            msg, fds = wire.recv_frame_blocking(sock, MAX_REQUEST_BYTES)
+        except (wire.WireError, OSError):
+            os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        op = msg.get("op")
+        if op == "init":
+            state.bind(msg)
+            wire.send_frame(sock, {"ok": True, "pid": os.getpid()})
+        elif op == "run":
+            call = int(msg.get("call", call + 1))
+            wire.send_frame(sock, run_code(state, str(msg["code"]), call))
+        elif op == "fork":
+            child_sock = fork_session(sock, state, str(msg["output_dir"]))
+            if child_sock is not None:
+                sock = child_sock
+        else:
+            os._exit(0)

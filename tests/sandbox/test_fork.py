@@ -1,0 +1,81 @@
+"""`session.fork()`: an independent copy of the state, in its own process and output directory."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+
+def test_fork_copies_state_and_branches_independently(session):
+    session.run("items = [1, 2]\ncount = 10")
+    child = session.fork()
+    try:
+        child.run("items.append(3)\ncount += 1")
+        session.run("items.append(99)")
+        assert child.run("print(items, count)").stdout == "[1, 2, 3] 11\n"
+        assert session.run("print(items, count)").stdout == "[1, 2, 99] 10\n"
+    finally:
+        child.close()
+
+
+def test_fork_runs_in_another_process(session):
+    parent_pid = session.run("import os\nprint(os.getpid())").stdout
+    child = session.fork()
+    with child:
+        assert child.run("print(os.getpid())").stdout != parent_pid
+
+
+def test_group_of_forks_like_a_grpo_group(session):
+    session.run("base = 5")
+    children = [session.fork() for _ in range(4)]
+    try:
+        for k, c in enumerate(children):
+            c.run(f"base += {k}")
+        assert [c.run("print(base)").stdout.strip() for c in children] == ["5", "6", "7", "8"]
+        assert session.run("print(base)").stdout.strip() == "5"
+    finally:
+        for c in children:
+            c.close()
+
+
+def test_fork_of_a_fork(session):
+    session.run("depth = 0")
+    a = session.fork()
+    a.run("depth += 1")
+    b = a.fork()
+    b.run("depth += 1")
+    assert [s.run("print(depth)").stdout.strip() for s in (session, a, b)] == ["0", "1", "2"]
+    b.close()
+    a.close()
+
+
+def test_forked_session_has_its_own_output_directory(session):
+    session.run(
+        "from PIL import Image\nimg = Image.open(image_path)\n"
+        "processed_path = output_dir + '/first.png'\nimg.crop((0, 0, 100, 100)).save(processed_path)"
+    )
+    child = session.fork()
+    with child:
+        assert child.output_dir != session.output_dir
+        result = child.run("print(output_dir)\nprint(processed_path)")
+        out_line, processed_line = result.stdout.splitlines()
+        assert out_line == str(child.output_dir)
+        assert processed_line.startswith(str(child.output_dir))  # variables naming the old dir follow
+        made = child.run("img.crop((0, 0, 80, 80)).save(output_dir + '/second.png')")
+        assert len(made.images) == 1 and Image.open(made.images[0]).size == (80, 80)
+        # The parent sees nothing of the child's new file.
+        assert (
+            session.run("import os\nprint(sorted(os.listdir(output_dir)))").stdout.strip() == "['first.png']"
+        )
+        # The earlier output was copied, so the branch can keep working on it.
+        assert child.run("print(Image.open(processed_path).size)").stdout.strip() == "(100, 100)"
+
+
+def test_fork_after_timeout_starts_from_fresh_state(sandbox, scene_jpeg):
+    from thyme.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(timeout_s=0.5, pool_size=0)) as sb, sb.session(inputs=[scene_jpeg]) as s:
+        s.run("x = 1")
+        assert s.run("while True: pass").timed_out
+        child = s.fork()
+        assert "NameError" in child.run("print(x)").error
+        child.close()

@@ -1,0 +1,118 @@
+"""Timeouts, crashes and recovery: a runaway or dying worker is an error result, never a hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from thyme.sandbox import Sandbox, SandboxConfig
+
+TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout_s=TIMEOUT, pool_size=1)) as sb:
+        yield sb
+
+
+RUNAWAYS = {
+    "python loop": "while True:\n    pass",
+    "sleep": "import time\ntime.sleep(60)",
+    "ignores signals": (
+        "import signal\nfor s in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass"
+    ),
+    "regex backtracking in C": "import re\nre.match(r'(a*)*b', 'a' * 64)",
+    "numpy busy loop in C": "import numpy as np\nx = np.ones((4000, 4000))\nwhile True:\n    x = x @ x",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNAWAYS))
+def test_runaway_code_is_killed_on_time(sandbox, scene_jpeg, name):
+    with sandbox.session(inputs=[scene_jpeg]) as s:
+        s.run("kept = 1")
+        start = time.monotonic()
+        result = s.run(RUNAWAYS[name])
+        elapsed = time.monotonic() - start
+        assert result.timed_out and not result.ok
+        assert "TimeoutError" in result.error
+        assert elapsed < TIMEOUT + 1.0
+        after = s.run("print('kept' in globals())")
+        assert after.restarted and after.stdout == "False\n"
+
+
+CRASHES = {
+    "segfault": "import ctypes\nctypes.string_at(0)",
+    "os._exit": "import os\nos._exit(0)",
+    "self kill": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+    "abort": "import os\nos.abort()",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRASHES))
+def test_crash_is_an_error_result(sandbox, scene_jpeg, name):
+    with sandbox.session(inputs=[scene_jpeg]) as s:
+        start = time.monotonic()
+        result = s.run(CRASHES[name])
+        assert time.monotonic() - start < TIMEOUT
+        assert not result.timed_out and "SandboxCrash" in result.error
+        again = s.run("print('fresh')")
+        assert again.ok and again.restarted and again.stdout == "fresh\n"
+
+
+def test_pool_keeps_serving_after_many_deaths(sandbox, scene_jpeg):
+    for _ in range(10):
+        with sandbox.session(inputs=[scene_jpeg]) as s:
+            s.run("import os\nos._exit(1)")
+    with sandbox.session(inputs=[scene_jpeg]) as s:
+        assert s.run("print(6 * 7)").stdout == "42\n"
+
+
+def test_closing_the_sandbox_kills_its_workers(scene_jpeg):
+
+    sb = Sandbox(SandboxConfig(timeout_s=5, pool_size=1))
+    s = sb.session(inputs=[scene_jpeg])
+    pid = int(s.run("import os\nprint(os.getpid())").stdout)
+    forked = s.fork()
+    child_pid = int(forked.run("import os\nprint(os.getpid())").stdout)
+    sb.close()
+    deadline = time.monotonic() + 5
+    alive = {pid, child_pid}
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if _exists(p)}
+        time.sleep(0.05)
+    assert not alive
+    assert not sb.root.exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        sb.session()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_memory_limit_turns_a_memory_bomb_into_an_error(scene_jpeg):
+    with Sandbox(SandboxConfig(memory_mb=768, pool_size=0)) as sb, sb.session(inputs=[scene_jpeg]) as s:
+        result = s.run("blob = bytearray(2 << 30)")
+        assert "MemoryError" in result.error
+        assert s.run("print('alive')").stdout == "alive\n"
+
+
+def test_dead_pooled_worker_is_replaced(scene_jpeg):
+    import os
+    import signal
+
+    with Sandbox(SandboxConfig(pool_size=1)) as sb:
+        deadline = time.monotonic() + 10
+        while not sb._pool and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(sb._pool[0].pid, signal.SIGKILL)
+        time.sleep(0.1)
+        with sb.session(inputs=[scene_jpeg]) as s:
+            assert s.run("print('served')").stdout == "served\n"

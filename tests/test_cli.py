@@ -1,0 +1,86 @@
+"""The command line, run as a real subprocess the way users run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def thyme(*args: str, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "thyme", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def test_help_lists_commands():
+    result = thyme("--help")
+    assert result.returncode == 0
+    for name in ("demo", "sandbox"):
+        assert name in result.stdout
+
+
+def test_version():
+    result = thyme("--version")
+    assert result.returncode == 0 and "thyme-vl" in result.stdout
+
+
+def test_sandbox_check_reports_layers_and_passes_selftest():
+    result = thyme("sandbox", "check", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = {layer["name"]: layer["active"] for layer in report["layers"]}
+    assert names["process"] is True and names["wall_clock"] is True
+    assert "seccomp" in names  # reported, active or not
+    assert report["checks"] and all(c["passed"] for c in report["checks"])
+
+
+def test_sandbox_exec_runs_files_in_one_session(tmp_path, small_png):
+    (tmp_path / "a.py").write_text("value = 21\n")
+    (tmp_path / "b.py").write_text(
+        "from PIL import Image\nprint(value * 2)\nprocessed_path = '/mnt/data/temp_processed_images/c.png'\n"
+        "Image.open(image_path).crop((0, 0, 100, 80)).save(processed_path)\n"
+    )
+    out = tmp_path / "crops"
+    result = thyme(
+        "sandbox",
+        "exec",
+        str(tmp_path / "a.py"),
+        str(tmp_path / "b.py"),
+        "--image",
+        str(small_png),
+        "--json",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[1]["stdout"] == "42\n" and lines[1]["error"] is None
+    assert Image.open(lines[1]["images"][0]).size == (100, 80)
+
+
+def test_sandbox_exec_failure_exit_code(tmp_path):
+    (tmp_path / "bad.py").write_text("raise RuntimeError('nope')\n")
+    result = thyme("sandbox", "exec", str(tmp_path / "bad.py"))
+    assert result.returncode == 1
+    assert "RuntimeError: nope" in result.stderr
+
+
+def test_sandbox_exec_missing_file_is_one_clear_line(tmp_path):
+    result = thyme("sandbox", "exec", str(tmp_path / "missing.py"))
+    assert result.returncode == 2
+    assert "is not a file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = thyme("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    zoom = tmp_path / "demo" / "crop_and_zoom_0.png"
+    assert zoom.exists()
+    # The 60x25 box ran off the image; the crop was clamped inside it and enlarged to 64 px per side,
+    # then zoomed 4x by the code.
+    assert Image.open(zoom).size == (256, 256)
+    assert "crop_clamp" in result.stdout and "image_path" in result.stdout
+    assert "180.5" in result.stdout
