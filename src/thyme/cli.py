@@ -108,7 +108,7 @@ def sandbox_exec(
             images = [str(p) for p in result.images]
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
-                images = [shutil.copy(p, out / f"{path.stem}-{p.name}") for p in result.images]
+                images = [str(shutil.copy(p, out / f"{path.stem}-{p.name}")) for p in result.images]
             if as_json:
                 sys.stdout.write(
                     json.dumps(

@@ -48,5 +48,5 @@ class ExecutionResult:
     def text(self) -> str:
         """The text a model sees when no image came back: stdout, or the error when there was one."""
         if self.error is not None:
-            return (self.stdout + "\n" + self.error).strip() if self.stdout.strip() else self.error
+            return (self.stdout.rstrip() + "\n" + self.error).strip() if self.stdout.strip() else self.error
         return self.stdout.strip()

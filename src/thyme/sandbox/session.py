@@ -55,16 +55,16 @@ class Session:
     # -- lifecycle -----------------------------------------------------------------------------------
     def _bind(self, handle: WorkerHandle) -> None:
         cfg = self._sandbox.config
-        handle.channel.send(
-            {
-                "op": "init",
-                "inputs": list(self.inputs),
-                "output_dir": str(self.output_dir),
-                "repairs": list(cfg.repairs),
-                "max_stdout": cfg.max_stdout_chars,
-            }
-        )
         try:
+            handle.channel.send(
+                {
+                    "op": "init",
+                    "inputs": list(self.inputs),
+                    "output_dir": str(self.output_dir),
+                    "repairs": list(cfg.repairs),
+                    "max_stdout": cfg.max_stdout_chars,
+                }
+            )
             reply = handle.channel.recv(time.monotonic() + FORK_TIMEOUT_S)
         except wire.WireError as exc:
             handle.kill()
