@@ -116,7 +116,25 @@ def test_hard_links_are_refused(session, tmp_path):
         f"import os\nos.link({str(outside)!r}, 'hard.png')\nprocessed_path = output_dir + '/hard.png'"
     )
     assert result.images == []
-    assert any("hard link" in r for r in result.rejected)
+    # Landlock refuses to link a file from outside into the output tree; without it the collector refuses.
+    assert "[Errno" in (result.error or "") or any("hard link" in r for r in result.rejected)
+
+
+def test_collector_refuses_hard_links_and_symlinks_itself(tmp_path):
+    from thyme.sandbox import SandboxConfig
+    from thyme.sandbox.collector import Collector
+
+    out, dest = tmp_path / "out", tmp_path / "dest"
+    out.mkdir()
+    dest.mkdir()
+    victim = tmp_path / "victim.png"
+    Image.new("RGB", (80, 80)).save(victim)
+    os.link(victim, out / "hard.png")
+    os.symlink(victim, out / "soft.png")
+    collected = Collector(out, dest, SandboxConfig()).collect(1, [str(out / "hard.png"), "soft.png"], "")
+    assert collected.images == []
+    assert any("hard link" in r for r in collected.rejected)
+    assert list(dest.iterdir()) == []
 
 
 def test_extreme_aspect_ratio_is_refused_with_an_error(session):

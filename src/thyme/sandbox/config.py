@@ -26,6 +26,11 @@ class SandboxConfig:
     max_aspect_ratio:    images whose long/short side ratio exceeds this are refused (the reference: 200).
     repairs:             names of the enabled repair passes (see `thyme.sandbox.repairs.REPAIR_NAMES`).
     root_dir:            where session directories live; a private temporary directory when None.
+    cpu_s:               CPU seconds one worker may use over its whole life (RLIMIT_CPU).
+    file_mb:             largest file a worker may write (RLIMIT_FSIZE).
+    open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
+    allow_weak_isolation: run even when a confinement layer this build enforces is missing on the machine
+                         (Landlock, namespaces). Off by default: a missing layer is an error that says which.
     """
 
     timeout_s: float = 30.0
@@ -38,6 +43,10 @@ class SandboxConfig:
     max_aspect_ratio: float = 200.0
     repairs: tuple[str, ...] = REPAIR_NAMES
     root_dir: pathlib.Path | None = None
+    cpu_s: int = 3600
+    file_mb: int = 512
+    open_files: int = 256
+    allow_weak_isolation: bool = False
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -48,9 +57,18 @@ class SandboxConfig:
             )
         if self.pool_size < 0:
             raise ValueError(f"SandboxConfig.pool_size must be >= 0, got {self.pool_size}")
-        for name in ("max_stdout_chars", "max_images_per_call", "max_image_bytes", "max_image_pixels"):
+        for name in (
+            "max_stdout_chars",
+            "max_images_per_call",
+            "max_image_bytes",
+            "max_image_pixels",
+            "cpu_s",
+            "file_mb",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be a positive number, got {getattr(self, name)}")
+        if self.open_files < 32:
+            raise ValueError(f"SandboxConfig.open_files={self.open_files} is too few for Python; use >= 32")
         if self.max_aspect_ratio < 1:
             raise ValueError(f"SandboxConfig.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         unknown = sorted(set(self.repairs) - set(REPAIR_NAMES))

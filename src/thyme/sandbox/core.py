@@ -21,7 +21,7 @@ import threading
 import weakref
 
 from thyme.sandbox.config import SandboxConfig
-from thyme.sandbox.layers import Layer, detect_layers
+from thyme.sandbox.layers import Layer, detect_layers, missing_required
 from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
 from thyme.sandbox.session import Session
 
@@ -36,8 +36,13 @@ class Sandbox:
         if self.config.root_dir is not None:
             self.config.root_dir.mkdir(parents=True, exist_ok=True)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="thyme-sandbox-", dir=self.config.root_dir))
-        self.layers: tuple[Layer, ...] = detect_layers()
-        self._limits = {"memory_mb": self.config.memory_mb}
+        cfg = self.config
+        self._limits = {
+            "memory_mb": cfg.memory_mb,
+            "cpu_s": cfg.cpu_s,
+            "file_mb": cfg.file_mb,
+            "open_files": cfg.open_files,
+        }
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -45,6 +50,18 @@ class Sandbox:
         self._wanted = threading.Condition(self._lock)
         self._closed = False
         self._zygote = Zygote(self.root / "zygote.log")
+        self.layers: tuple[Layer, ...] = detect_layers(self._zygote.namespaces)
+        missing = missing_required(self.layers)
+        if missing and not cfg.allow_weak_isolation:
+            self._zygote.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            self._closed = True
+            names = ", ".join(layer.name for layer in missing)
+            raise SandboxError(
+                f"sandbox layer(s) missing on this machine: {names} ({missing[0].detail}); "
+                "pass allow_weak_isolation=True (CLI: --allow-weak-isolation) to run with weaker confinement"
+            )
+        self.landlock = any(layer.name == "landlock" and layer.active for layer in self.layers)
         self._refiller = threading.Thread(target=self._refill_loop, name="thyme-sandbox-pool", daemon=True)
         self._refiller.start()
 
@@ -62,7 +79,7 @@ class Sandbox:
             if not path.is_file():
                 raise FileNotFoundError(f"sandbox input {str(p)!r} is not a readable file; pass image paths")
             paths.append(str(path))
-        session = Session(self, tuple(paths), self._new_home())
+        session = Session(self, tuple(paths), self._new_home(self.root))
         try:
             session._ensure_worker()
         except BaseException:
@@ -71,10 +88,11 @@ class Sandbox:
         self._adopt(session)
         return session
 
-    def _new_home(self) -> pathlib.Path:
+    def _new_home(self, parent: pathlib.Path) -> pathlib.Path:
+        """A fresh session directory under `parent` (the sandbox root, or the forks/ of a session)."""
         if self._closed:
             raise RuntimeError("this Sandbox is closed")
-        return self.root / f"s{next(self._ids):06d}"
+        return parent / f"s{next(self._ids):06d}"
 
     def _adopt(self, session: Session) -> None:
         with self._lock:

@@ -1,14 +1,20 @@
 """The confinement layers of the sandbox, and which of them are active on this machine.
 
-Each layer is reported honestly: `active` is True only when the code that enforces it exists and the
-kernel supports it here. The layers that the kernel-confinement work adds (namespaces, Landlock, seccomp,
-cgroups, an unprivileged uid) are listed as missing until they are built, so `thyme sandbox check` never
-claims more than the sandbox does.
+Each layer is reported honestly: `active` is True only when the code that enforces it exists and the kernel
+supports it here. `required` layers are the ones this build enforces; when one is missing the sandbox refuses
+to start unless the user passes `allow_weak_isolation=True`. Layers not built yet (an unprivileged uid,
+seccomp, cgroups) are listed as missing and not required, so `thyme sandbox check` never claims more than
+the sandbox does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from thyme.sandbox import landlock
+
+# Layers this build enforces and therefore refuses to run without (unless allow_weak_isolation).
+REQUIRED = ("landlock", "namespaces")
 
 
 @dataclass(frozen=True)
@@ -16,10 +22,24 @@ class Layer:
     name: str
     active: bool
     detail: str
+    required: bool = False
 
 
-def detect_layers() -> tuple[Layer, ...]:
-    """The layers as they apply to workers started on this machine now."""
+def detect_layers(namespaces: list[str]) -> tuple[Layer, ...]:
+    """The layers that apply to workers of a zygote that entered `namespaces`."""
+    abi = landlock.abi_version()
+    ll_detail = (
+        f"ABI {abi}: read-only runtime and inputs, read-write output tree only"
+        + ("; TCP bind/connect denied" if abi >= 4 else "; TCP not covered (ABI < 4)")
+        + ("; signals and abstract sockets scoped" if abi >= 6 else "")
+        if abi
+        else "missing: the kernel has no Landlock (needs Linux >= 5.13 with landlock in the LSM list)"
+    )
+    ns_detail = (
+        f"private {', '.join(namespaces)} namespace(s): no network interface, no shared IPC"
+        if "net" in namespaces
+        else "missing: could not unshare network/IPC namespaces (user namespaces disabled?)"
+    )
     return (
         Layer(
             "process",
@@ -27,14 +47,23 @@ def detect_layers() -> tuple[Layer, ...]:
             "out-of-process worker forked from a fresh zygote; empty environment, inherited descriptors "
             "closed, stdin /dev/null, own session",
         ),
-        Layer("rlimits", True, "address-space cap (memory_mb), no core dumps"),
+        Layer("rlimits", True, "address space, CPU seconds, file size, open files; no core dumps"),
         Layer("wall_clock", True, "SIGKILL through a pidfd when timeout_s passes, also for C loops"),
         Layer(
             "collector", True, "outputs opened without following links, size/pixel/aspect caps, copied out"
         ),
-        Layer("uid", False, "not implemented yet: workers run as the caller's uid"),
-        Layer("namespaces", False, "not implemented yet: no user/network/IPC namespaces"),
-        Layer("landlock", False, "not implemented yet: the filesystem is not restricted"),
+        Layer("no_new_privs", abi > 0, "set before Landlock; setuid binaries cannot gain privileges"),
+        Layer("landlock", abi > 0, ll_detail, required=True),
+        Layer("namespaces", "net" in namespaces, ns_detail, required=True),
+        Layer(
+            "uid",
+            False,
+            "not implemented yet: under a root parent, workers keep uid 0 (Landlock still applies)",
+        ),
         Layer("seccomp", False, "not implemented yet: no system-call filter"),
         Layer("cgroup", False, "not implemented yet: no memory/pids cgroup"),
     )
+
+
+def missing_required(layers: tuple[Layer, ...]) -> list[Layer]:
+    return [layer for layer in layers if layer.required and not layer.active]

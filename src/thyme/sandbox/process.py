@@ -80,7 +80,7 @@ class WorkerHandle:
 class Zygote:
     """The warm interpreter that forks workers; see `thyme.sandbox.zygote`."""
 
-    def __init__(self, log_path: pathlib.Path) -> None:
+    def __init__(self, log_path: pathlib.Path, namespaces: bool = True) -> None:
         self._lock = threading.Lock()
         self.log_path = log_path
         ours, theirs = socket.socketpair()
@@ -88,7 +88,8 @@ class Zygote:
         env = dict(_THREAD_CAPS, PYTHONPATH=src_root)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-s", "-m", "thyme.sandbox.zygote", str(theirs.fileno())],
+                [sys.executable, "-s", "-m", "thyme.sandbox.zygote", str(theirs.fileno())]
+                + (["--namespaces"] if namespaces else []),
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -111,6 +112,7 @@ class Zygote:
         if not hello.get("ready"):
             self.close()
             raise SandboxError(f"the sandbox zygote sent an unexpected greeting; see {log_path}")
+        self.namespaces: list[str] = [str(n) for n in hello.get("namespaces", [])]
         self.sock.settimeout(10.0)
 
     @property

@@ -43,8 +43,10 @@ class Session:
         self.home = home
         self.output_dir = home / "out"
         self.images_dir = home / "images"
+        self.forks_dir = home / "forks"  # forks live below their parent so Landlock layers can nest
         self.output_dir.mkdir(parents=True)
         self.images_dir.mkdir()
+        self.forks_dir.mkdir()
         self._collector = Collector(self.output_dir, self.images_dir, sandbox.config)
         self._handle: WorkerHandle | None = None
         self._lock = threading.Lock()
@@ -63,6 +65,8 @@ class Session:
                     "output_dir": str(self.output_dir),
                     "repairs": list(cfg.repairs),
                     "max_stdout": cfg.max_stdout_chars,
+                    "landlock": self._sandbox.landlock,
+                    "forks_dir": str(self.forks_dir),
                 }
             )
             reply = handle.channel.recv(time.monotonic() + FORK_TIMEOUT_S)
@@ -71,7 +75,13 @@ class Session:
             raise SandboxError(f"a sandbox worker failed to start a session: {exc}") from None
         if reply.get("ok") is not True:
             handle.kill()
-            raise SandboxError("a sandbox worker refused to start a session")
+            raise SandboxError(f"a sandbox worker could not start a session: {reply.get('error', 'refused')}")
+        enforced = reply.get("enforced")
+        if self._sandbox.landlock and not (isinstance(enforced, dict) and enforced.get("filesystem") is True):
+            handle.kill()
+            raise SandboxError(
+                "a sandbox worker did not confirm its Landlock confinement; refusing to run code"
+            )
         self._handle = handle
 
     def _ensure_worker(self) -> bool:
@@ -204,10 +214,12 @@ class Session:
         with self._exclusive():
             self._ensure_worker()
             assert self._handle is not None
-            child = Session(self._sandbox, self.inputs, self._sandbox._new_home())
+            child = Session(self._sandbox, self.inputs, self._sandbox._new_home(self.forks_dir))
             channel = self._handle.channel
             try:
-                channel.send({"op": "fork", "output_dir": str(child.output_dir)})
+                channel.send(
+                    {"op": "fork", "output_dir": str(child.output_dir), "forks_dir": str(child.forks_dir)}
+                )
                 deadline = time.monotonic() + FORK_TIMEOUT_S
                 announce = channel.recv(deadline)
                 fds = channel.take_fds()

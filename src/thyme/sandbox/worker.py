@@ -24,12 +24,14 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
 from thyme.sandbox import wire
 from thyme.sandbox.clamp import make_runtime_helpers
+from thyme.sandbox.confine import apply_limits, confine_session
 from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
 
 MAX_REQUEST_BYTES = 16 << 20
@@ -71,10 +73,16 @@ class SessionState:
     max_stdout: int = 65536
     namespace: dict[str, Any] = field(default_factory=dict)
     fired: list[str] = field(default_factory=list)
+    landlocked: bool = False
 
-    def bind(self, msg: dict[str, Any]) -> None:
+    def bind(self, msg: dict[str, Any]) -> dict[str, bool]:
+        """Take the session's identity and confine this process to it; returns the layers enforced."""
         self.inputs = [str(p) for p in msg["inputs"]]
         self.output_dir = str(msg["output_dir"])
+        enforced: dict[str, bool] = {}
+        if msg.get("landlock"):
+            enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
+            self.landlocked = True
         self.repairs = tuple(msg.get("repairs", REPAIR_NAMES))
         self.max_stdout = int(msg.get("max_stdout", self.max_stdout))
         os.chdir(self.output_dir)
@@ -85,6 +93,8 @@ class SessionState:
             image_paths=list(self.inputs),
             output_dir=self.output_dir,
         )
+        tempfile.tempdir = self.output_dir
+        return enforced
 
 
 def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
@@ -159,7 +169,9 @@ def _processed_paths(value: Any) -> list[str]:
     return []
 
 
-def fork_session(sock: socket.socket, state: SessionState, new_output_dir: str) -> socket.socket | None:
+def fork_session(
+    sock: socket.socket, state: SessionState, new_output_dir: str, forks_dir: str
+) -> socket.socket | None:
     """Branch this session. Returns the child's new channel in the child, None in the parent.
 
     The child makes a fresh socket pair and hands one end to the caller over the inherited channel; the
@@ -173,6 +185,8 @@ def fork_session(sock: socket.socket, state: SessionState, new_output_dir: str) 
         os.close(r)
         mine, theirs = socket.socketpair()
         _copy_outputs(state.output_dir, new_output_dir)
+        if state.landlocked:  # one more layer: from now on this branch writes only its own tree
+            confine_session(state.inputs, [new_output_dir, forks_dir])
         _rebase(state, new_output_dir)
         wire.send_frame(sock, {"forked": True}, fds=(theirs.fileno(),))
         theirs.close()
@@ -209,15 +223,6 @@ def _rebase(state: SessionState, new_dir: str) -> None:
         state.namespace[key] = move(value)
 
 
-def apply_limits(limits: dict[str, Any]) -> None:
-    """Resource limits that hold from the first line of model code on (lowered, never raised)."""
-    memory_mb = limits.get("memory_mb")
-    if memory_mb:
-        cap = int(memory_mb) << 20
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def isolate_descriptors(keep: int) -> None:
     """Close everything inherited from the zygote except the channel; stdio becomes /dev/null."""
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -249,13 +254,17 @@ def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
             os.close(fd)
         op = msg.get("op")
         if op == "init":
-            state.bind(msg)
-            wire.send_frame(sock, {"ok": True, "pid": os.getpid()})
+            try:
+                enforced = state.bind(msg)
+            except OSError as exc:
+                wire.send_frame(sock, {"ok": False, "error": f"confinement failed: {exc}"})
+                os._exit(0)
+            wire.send_frame(sock, {"ok": True, "pid": os.getpid(), "enforced": enforced})
         elif op == "run":
             call = int(msg.get("call", call + 1))
             wire.send_frame(sock, run_code(state, str(msg["code"]), call))
         elif op == "fork":
-            child_sock = fork_session(sock, state, str(msg["output_dir"]))
+            child_sock = fork_session(sock, state, str(msg["output_dir"]), str(msg["forks_dir"]))
             if child_sock is not None:
                 sock = child_sock
         else:

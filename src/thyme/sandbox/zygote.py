@@ -74,11 +74,14 @@ def spawn(ctl: socket.socket, limits: dict) -> None:
 def main() -> None:
     from thyme.sandbox import wire
 
-    ctl = socket.socket(fileno=int(sys.argv[1]))
+    ctl = socket.socket(fileno=int(sys.argv[1]))  # argv: FD [--namespaces]
     _become_subreaper()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     preload()
-    wire.send_frame(ctl, {"ready": True, "pid": os.getpid()})
+    from thyme.sandbox.confine import enter_namespaces
+
+    namespaces = enter_namespaces() if "--namespaces" in sys.argv else []
+    wire.send_frame(ctl, {"ready": True, "pid": os.getpid(), "namespaces": namespaces})
     while True:
         try:
             msg, fds = wire.recv_frame_blocking(ctl, 1 << 20)
