@@ -54,11 +54,16 @@ def demo(
 
 
 @sandbox_app.command("check")
-def sandbox_check(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Print the confinement layers active on this machine and run a functional self-test."""
+def sandbox_check(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    allow_weak_isolation: bool = typer.Option(
+        False, "--allow-weak-isolation", help="Do not fail when a required confinement layer is missing."
+    ),
+) -> None:
+    """Print the confinement layers active on this machine and run a confinement self-test."""
     from thyme.sandbox.selftest import run_selftest
 
-    report = run_selftest()
+    report = run_selftest(allow_weak_isolation=allow_weak_isolation)
     if as_json:
         console.print_json(json.dumps(report))
     else:
@@ -66,7 +71,11 @@ def sandbox_check(as_json: bool = typer.Option(False, "--json", help="Print the 
         for col in ("layer", "state", "detail"):
             table.add_column(col)
         for layer in report["layers"]:
-            state = "[green]active[/]" if layer["active"] else "[red]missing[/]"
+            state = (
+                "[green]active[/]"
+                if layer["active"]
+                else ("[red]MISSING[/]" if layer["required"] else "[yellow]missing[/]")
+            )
             table.add_row(layer["name"], state, layer["detail"])
         console.print(table)
         for check in report["checks"]:
@@ -87,21 +96,27 @@ def sandbox_exec(
     out: pathlib.Path | None = typer.Option(
         None, help="Copy the images each file produced into this directory."
     ),
+    allow_weak_isolation: bool = typer.Option(
+        False, "--allow-weak-isolation", help="Run even when a required confinement layer is missing."
+    ),
 ) -> None:
     """Run Python files in one sandbox session (variables persist from file to file)."""
     import shutil
 
-    from thyme.sandbox import Sandbox, SandboxConfig
+    from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
 
     for path in [*files, *image]:
         if not path.is_file():
             err_console.print(f"error: {path} is not a file; pass existing paths")
             raise typer.Exit(2)
     failed = False
-    with (
-        Sandbox(SandboxConfig(timeout_s=timeout, pool_size=0)) as sandbox,
-        sandbox.session(inputs=image) as s,
-    ):
+    config = SandboxConfig(timeout_s=timeout, pool_size=0, allow_weak_isolation=allow_weak_isolation)
+    try:
+        sandbox = Sandbox(config)
+    except SandboxError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    with sandbox, sandbox.session(inputs=image) as s:
         for path in files:
             result = s.run(path.read_text())
             failed |= not result.ok

@@ -17,8 +17,22 @@ from PIL import Image
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.core import Sandbox
 
+_TRY = "try:\n    {action}\n    print('BREACHED')\nexcept OSError:\n    print('denied')"
 
-def run_selftest(timeout_s: float = 1.0) -> dict[str, Any]:
+# (name, an action that must raise OSError when the layer holds)
+CONFINEMENT_PROBES = (
+    ("cannot read /etc/shadow", _TRY.format(action="open('/etc/shadow').read()")),
+    ("cannot write outside", _TRY.format(action="open(SECRET_DIR + '/x', 'w').write('x')")),
+    ("cannot modify the input", _TRY.format(action="open(image_path, 'ab').write(b'x')")),
+    (
+        "cannot reach the network",
+        "import socket\n" + _TRY.format(action="socket.create_connection(('127.0.0.1', 9), 1)"),
+    ),
+    ("cannot run programs", "import os\n" + _TRY.format(action="os.execv('/bin/true', ['true'])")),
+)
+
+
+def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
 
     def check(name: str, passed: bool, detail: str) -> None:
@@ -27,9 +41,23 @@ def run_selftest(timeout_s: float = 1.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="thyme-selftest-") as tmp:
         image = os.path.join(tmp, "input.png")
         Image.new("RGB", (640, 480), (200, 30, 30)).save(image)
-        with Sandbox(SandboxConfig(timeout_s=timeout_s, pool_size=1)) as sandbox:
-            layers = [{"name": x.name, "active": x.active, "detail": x.detail} for x in sandbox.layers]
+        config = SandboxConfig(timeout_s=timeout_s, pool_size=1, allow_weak_isolation=True)
+        with Sandbox(config) as sandbox:
+            layers = [
+                {"name": x.name, "active": x.active, "required": x.required, "detail": x.detail}
+                for x in sandbox.layers
+            ]
+            missing = [x["name"] for x in layers if x["required"] and not x["active"]]
+            check(
+                "required layers present",
+                not missing or allow_weak_isolation,
+                f"missing: {', '.join(missing)}" if missing else "all layers this build enforces are active",
+            )
             with sandbox.session(inputs=[image]) as s:
+                s.run(f"SECRET_DIR = {tmp!r}")
+                for name, probe in CONFINEMENT_PROBES:
+                    r = s.run(probe)
+                    check(name, r.stdout.strip() == "denied", r.stdout.strip() or str(r.error))
                 r = s.run("import os\npid = os.getpid()\nprint(pid)")
                 check(
                     "out-of-process",

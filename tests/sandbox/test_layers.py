@@ -1,0 +1,37 @@
+"""Layer reporting and failing closed: a missing required layer stops the sandbox unless the user opts in."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
+from thyme.sandbox import core as sandbox_core
+from thyme.sandbox.layers import REQUIRED
+
+
+def test_every_required_layer_is_active_here():
+    with Sandbox(SandboxConfig(pool_size=0)) as sb:
+        assert set(REQUIRED) <= set(sb.isolation)
+        names = [layer.name for layer in sb.layers]
+        for planned in ("uid", "seccomp", "cgroup"):  # reported even while not built
+            assert planned in names
+
+
+@pytest.fixture
+def zygote_without_namespaces(monkeypatch):
+    """A real zygote that skips entering namespaces, as on a machine where they are unavailable."""
+    monkeypatch.setattr(sandbox_core, "Zygote", functools.partial(sandbox_core.Zygote, namespaces=False))
+
+
+def test_missing_layer_fails_closed_with_a_clear_message(zygote_without_namespaces):
+    with pytest.raises(SandboxError, match=r"namespaces .*allow_weak_isolation=True"):
+        Sandbox(SandboxConfig(pool_size=0))
+
+
+def test_weak_isolation_is_explicit_and_reported(zygote_without_namespaces, scene_jpeg):
+    with Sandbox(SandboxConfig(pool_size=0, allow_weak_isolation=True)) as sb:
+        assert "namespaces" not in sb.isolation and "landlock" in sb.isolation
+        with sb.session(inputs=[scene_jpeg]) as s:
+            assert s.run("print('runs')").stdout == "runs\n"
