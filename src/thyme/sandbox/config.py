@@ -29,6 +29,8 @@ class SandboxConfig:
     cpu_s:               CPU seconds one worker may use over its whole life (RLIMIT_CPU).
     file_mb:             largest file a worker may write (RLIMIT_FSIZE).
     open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
+    forkable:            allow `session.fork()`. It needs the worker to fork, so seccomp then allows plain
+                         process creation to model code too; False denies everything but threads.
     allow_weak_isolation: run even when a confinement layer this build enforces is missing on the machine
                          (Landlock, namespaces). Off by default: a missing layer is an error that says which.
     """
@@ -46,6 +48,7 @@ class SandboxConfig:
     cpu_s: int = 3600
     file_mb: int = 512
     open_files: int = 256
+    forkable: bool = True
     allow_weak_isolation: bool = False
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ class Sandbox:
         self._wanted = threading.Condition(self._lock)
         self._closed = False
         self._zygote = Zygote(self.root / "zygote.log")
-        self.layers: tuple[Layer, ...] = detect_layers(self._zygote.namespaces)
+        self.layers: tuple[Layer, ...] = detect_layers(self._zygote.namespaces, cfg.forkable)
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:
             self._zygote.close()
@@ -61,7 +61,8 @@ class Sandbox:
                 f"sandbox layer(s) missing on this machine: {names} ({missing[0].detail}); "
                 "pass allow_weak_isolation=True (CLI: --allow-weak-isolation) to run with weaker confinement"
             )
-        self.landlock = any(layer.name == "landlock" and layer.active for layer in self.layers)
+        active = set(self.isolation)
+        self.landlock, self.seccomp = "landlock" in active, "seccomp" in active
         self._refiller = threading.Thread(target=self._refill_loop, name="thyme-sandbox-pool", daemon=True)
         self._refiller.start()
 

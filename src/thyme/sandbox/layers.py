@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thyme.sandbox import landlock
+from thyme.sandbox import landlock, seccomp
 
 # Layers this build enforces and therefore refuses to run without (unless allow_weak_isolation).
-REQUIRED = ("landlock", "namespaces")
+REQUIRED = ("landlock", "namespaces", "seccomp")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Layer:
     required: bool = False
 
 
-def detect_layers(namespaces: list[str]) -> tuple[Layer, ...]:
+def detect_layers(namespaces: list[str], forkable: bool) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces`."""
     abi = landlock.abi_version()
     ll_detail = (
@@ -60,7 +60,18 @@ def detect_layers(namespaces: list[str]) -> tuple[Layer, ...]:
             False,
             "not implemented yet: under a root parent, workers keep uid 0 (Landlock still applies)",
         ),
-        Layer("seccomp", False, "not implemented yet: no system-call filter"),
+        Layer(
+            "seccomp",
+            seccomp.available(),
+            (
+                "deny list: exec, namespaces and mounts, ptrace, bpf, io_uring, keyrings, handle opens, "
+                "rlimit changes, TIOCSTI, non-Unix sockets; "
+                + ("fork allowed for session.fork()" if forkable else "threads only (forkable=False)")
+            )
+            if seccomp.available()
+            else "missing: libseccomp is not installed (Debian/Ubuntu: apt install libseccomp2)",
+            required=True,
+        ),
         Layer("cgroup", False, "not implemented yet: no memory/pids cgroup"),
     )
 

@@ -66,6 +66,8 @@ class Session:
                     "repairs": list(cfg.repairs),
                     "max_stdout": cfg.max_stdout_chars,
                     "landlock": self._sandbox.landlock,
+                    "seccomp": self._sandbox.seccomp,
+                    "forkable": cfg.forkable,
                     "forks_dir": str(self.forks_dir),
                 }
             )
@@ -77,10 +79,12 @@ class Session:
             handle.kill()
             raise SandboxError(f"a sandbox worker could not start a session: {reply.get('error', 'refused')}")
         enforced = reply.get("enforced")
-        if self._sandbox.landlock and not (isinstance(enforced, dict) and enforced.get("filesystem") is True):
+        sb = self._sandbox
+        expected = [key for key, on in (("filesystem", sb.landlock), ("seccomp", sb.seccomp)) if on]
+        if not isinstance(enforced, dict) or any(enforced.get(key) is not True for key in expected):
             handle.kill()
             raise SandboxError(
-                "a sandbox worker did not confirm its Landlock confinement; refusing to run code"
+                "a sandbox worker did not confirm its confinement layers; refusing to run code"
             )
         self._handle = handle
 
@@ -211,6 +215,8 @@ class Session:
     # -- branching -----------------------------------------------------------------------------------
     def fork(self) -> Session:
         """An independent copy of this session's state (copy-on-write, in a new process)."""
+        if not self._sandbox.config.forkable:
+            raise RuntimeError("this Sandbox has forkable=False; create it with SandboxConfig(forkable=True)")
         with self._exclusive():
             self._ensure_worker()
             assert self._handle is not None

@@ -29,7 +29,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from thyme.sandbox import wire
+from thyme.sandbox import seccomp, wire
 from thyme.sandbox.clamp import make_runtime_helpers
 from thyme.sandbox.confine import apply_limits, confine_session
 from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
@@ -83,6 +83,9 @@ class SessionState:
         if msg.get("landlock"):
             enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
             self.landlocked = True
+        if msg.get("seccomp"):
+            seccomp.install(forkable=bool(msg.get("forkable", True)))
+            enforced["seccomp"] = True
         self.repairs = tuple(msg.get("repairs", REPAIR_NAMES))
         self.max_stdout = int(msg.get("max_stdout", self.max_stdout))
         os.chdir(self.output_dir)

@@ -39,6 +39,9 @@ def preload() -> None:
     from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps  # noqa: F401
 
     import thyme.sandbox.worker  # noqa: F401
+    from thyme.sandbox import seccomp
+
+    seccomp.available()  # load libseccomp now: workers cannot search for it once confined
 
     cv2.setNumThreads(1)
     Image.init()
