@@ -29,6 +29,7 @@ class SandboxConfig:
     cpu_s:               CPU seconds one worker may use over its whole life (RLIMIT_CPU).
     file_mb:             largest file a worker may write (RLIMIT_FSIZE).
     open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
+    max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available).
     forkable:            allow `session.fork()`. It needs the worker to fork, so seccomp then allows plain
                          process creation to model code too; False denies everything but threads.
     allow_weak_isolation: run even when a confinement layer this build enforces is missing on the machine
@@ -48,6 +49,7 @@ class SandboxConfig:
     cpu_s: int = 3600
     file_mb: int = 512
     open_files: int = 256
+    max_processes: int = 64
     forkable: bool = True
     allow_weak_isolation: bool = False
 
@@ -67,6 +69,7 @@ class SandboxConfig:
             "max_image_pixels",
             "cpu_s",
             "file_mb",
+            "max_processes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be a positive number, got {getattr(self, name)}")

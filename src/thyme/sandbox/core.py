@@ -20,6 +20,7 @@ import tempfile
 import threading
 import weakref
 
+from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.layers import Layer, detect_layers, missing_required
 from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
@@ -50,10 +51,15 @@ class Sandbox:
         self._wanted = threading.Condition(self._lock)
         self._closed = False
         self._zygote = Zygote(self.root / "zygote.log")
-        self.layers: tuple[Layer, ...] = detect_layers(self._zygote.namespaces, cfg.forkable)
+        self._cgroups, cgroup_detail = Cgroups.create(self.root.name)
+        self.layers: tuple[Layer, ...] = detect_layers(
+            self._zygote.namespaces, cfg.forkable, self._cgroups is not None, cgroup_detail
+        )
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:
             self._zygote.close()
+            if self._cgroups is not None:
+                self._cgroups.close()
             shutil.rmtree(self.root, ignore_errors=True)
             self._closed = True
             names = ", ".join(layer.name for layer in missing)
@@ -114,7 +120,7 @@ class Sandbox:
 
     def _spawn(self) -> WorkerHandle:
         try:
-            return self._zygote.spawn(self._limits)
+            handle = self._zygote.spawn(self._limits)
         except SandboxError:
             with self._lock:
                 if self._closed:
@@ -122,7 +128,20 @@ class Sandbox:
                 if not self._zygote.alive:  # restart a zygote that died, once, then give up loudly
                     self._zygote.close()
                     self._zygote = Zygote(self.root / "zygote.log")
-            return self._zygote.spawn(self._limits)
+            handle = self._zygote.spawn(self._limits)
+        self.enclose(handle)
+        return handle
+
+    def enclose(self, handle: WorkerHandle) -> None:
+        """Move a fresh worker (or fork) into its own cgroup before it runs any model code."""
+        if self._cgroups is None:
+            return
+        try:
+            handle.cgroup = self._cgroups.worker(self.config.memory_mb, self.config.max_processes)
+            handle.cgroup.add(handle.pid)
+        except OSError as exc:
+            handle.kill()
+            raise SandboxError(f"could not put a sandbox worker into its cgroup: {exc}") from None
 
     def _refill_loop(self) -> None:
         while True:
@@ -158,6 +177,8 @@ class Sandbox:
             handle.kill()
         self._zygote.close()
         self._refiller.join(timeout=5)
+        if self._cgroups is not None:
+            self._cgroups.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:

@@ -25,7 +25,9 @@ class Layer:
     required: bool = False
 
 
-def detect_layers(namespaces: list[str], forkable: bool) -> tuple[Layer, ...]:
+def detect_layers(
+    namespaces: list[str], forkable: bool, cgroups: bool, cgroup_detail: str
+) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces`."""
     abi = landlock.abi_version()
     ll_detail = (
@@ -72,7 +74,13 @@ def detect_layers(namespaces: list[str], forkable: bool) -> tuple[Layer, ...]:
             else "missing: libseccomp is not installed (Debian/Ubuntu: apt install libseccomp2)",
             required=True,
         ),
-        Layer("cgroup", False, "not implemented yet: no memory/pids cgroup"),
+        Layer(
+            "cgroup",
+            cgroups,
+            f"{cgroup_detail}: per-worker memory and pids limits; the whole process tree is killed at the end"
+            if cgroups
+            else f"missing: {cgroup_detail}; rlimits still cap each process",
+        ),
     )
 
 

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from thyme.sandbox import wire
+from thyme.sandbox.cgroups import WorkerCgroup
 
 MAX_REPLY_BYTES = 32 << 20
 ZYGOTE_START_TIMEOUT_S = 60.0
@@ -59,6 +60,7 @@ class WorkerHandle:
     pid: int
     channel: wire.Channel
     pidfd: int | None
+    cgroup: WorkerCgroup | None = None
 
     @classmethod
     def adopt(cls, sock: socket.socket, pid: int) -> WorkerHandle:
@@ -75,6 +77,9 @@ class WorkerHandle:
             self.channel.death_fd = None
         with contextlib.suppress(OSError):
             self.channel.close()
+        if self.cgroup is not None:  # whatever model code started dies with the worker
+            self.cgroup.kill_all()
+            self.cgroup = None
 
 
 class Zygote:

@@ -243,6 +243,11 @@ class Session:
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
             sock = socket.socket(fileno=fds[0])
             child._handle = WorkerHandle.adopt(sock, peer_pid(sock))
+            try:
+                self._sandbox.enclose(child._handle)
+            except SandboxError:
+                child.close()
+                raise
             child._calls = self._calls
             child._collector.mark_all_seen()
             self._sandbox._adopt(child)
