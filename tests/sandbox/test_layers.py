@@ -35,3 +35,25 @@ def test_weak_isolation_is_explicit_and_reported(zygote_without_namespaces, scen
         assert "namespaces" not in sb.isolation and "landlock" in sb.isolation
         with sb.session(inputs=[scene_jpeg]) as s:
             assert s.run("print('runs')").stdout == "runs\n"
+
+
+def test_workers_run_unprivileged(sandbox, scene_jpeg):
+    code = (
+        "import os\nprint(os.getuid(), os.geteuid())\n"
+        "try:\n    os.setuid(0)\n    print('ROOT')\nexcept OSError:\n    print('no')"
+    )
+    with sandbox.session(inputs=[scene_jpeg]) as a, sandbox.session(inputs=[scene_jpeg]) as b:
+        out_a, out_b = a.run(code).stdout.split("\n"), b.run(code).stdout.split("\n")
+    uid_a, uid_b = out_a[0].split()[0], out_b[0].split()[0]
+    assert uid_a != "0" and out_a[1] == "no"
+    if sandbox.drop_uid:  # under a root parent each worker gets its own uid
+        assert uid_a != uid_b
+
+
+def test_capabilities_are_gone(session):
+    result = session.run("print(open('/proc/self/status').read())")
+    if result.ok:  # /proc is normally closed by Landlock; where readable, the effective set must be empty
+        eff = [line for line in result.stdout.splitlines() if line.startswith("CapEff")]
+        assert eff == ["CapEff:\t0000000000000000"]
+    else:
+        assert "PermissionError" in result.error

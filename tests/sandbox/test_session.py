@@ -50,8 +50,11 @@ def test_sessions_never_share_state(sandbox, scene_jpeg):
 def test_presets(session, scene_jpeg):
     result = session.run("print(image_path)\nprint(image_paths)\nprint(output_dir)")
     lines = result.stdout.splitlines()
-    assert lines[0] == str(scene_jpeg.resolve())
-    assert lines[1] == repr([str(scene_jpeg.resolve())])
+    # image_path is the input as the worker sees it: the caller's file, or a read-only copy of it when the
+    # worker runs under its own uid; either way the same bytes.
+    assert lines[0] == session.inputs[0]
+    assert pathlib.Path(lines[0]).read_bytes() == scene_jpeg.read_bytes()
+    assert lines[1] == repr([session.inputs[0]])
     assert lines[2] == str(session.output_dir)
 
 

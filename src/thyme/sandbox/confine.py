@@ -83,3 +83,73 @@ def confine_session(inputs: Iterable[str], write_dirs: Iterable[str]) -> dict[st
         write_dirs=list(write_dirs),
         rw_files=RUNTIME_RW_FILES,
     )
+
+
+# -- an unprivileged uid under a root parent ---------------------------------------------------------------
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
+UID_BASE, UID_COUNT = 61000, 1000
+
+
+def _traversable(path: str) -> bool:
+    """Whether a user other than the owner can walk down to `path` (o+x on every ancestor, o+rx on it)."""
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        st = os.stat(os.sep.join(parts[:i]) or os.sep)
+        if not st.st_mode & 0o001:
+            return False
+    return bool(os.stat(path).st_mode & 0o004)
+
+
+def _blocking_ancestor(path: str) -> str | None:
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(2, len(parts) + 1):
+        ancestor = os.sep.join(parts[:i])
+        if not os.stat(ancestor).st_mode & 0o001:
+            return ancestor
+    return None
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    if _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def enter_runtime_view(paths: Iterable[str]) -> None:
+    """In a private mount namespace, make `paths` reachable by an unprivileged uid.
+
+    Where an ancestor directory is closed to other users (a Python under /root, say), a tmpfs is mounted over
+    that ancestor and only the needed directories are bind-mounted back into it. Nothing outside this
+    worker's mount namespace changes. Must run as root, before the uid is dropped.
+    """
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    hidden: dict[str, list[str]] = {}
+    for path in paths:
+        if os.path.isdir(path) and not _traversable(path):
+            ancestor = _blocking_ancestor(path)
+            if ancestor is not None:
+                hidden.setdefault(ancestor, []).append(path)
+    for ancestor, inside in sorted(hidden.items()):
+        held = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in sorted(set(inside))]
+        try:
+            _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+            for path, fd in held:
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        finally:
+            for _, fd in held:
+                os.close(fd)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become `uid`/`gid` with no supplementary groups; every capability is lost with the uid change."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:
+        raise OSError(f"could not drop to uid {uid}")

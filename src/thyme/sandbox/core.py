@@ -22,6 +22,7 @@ import weakref
 
 from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
+from thyme.sandbox.confine import UID_BASE, UID_COUNT
 from thyme.sandbox.layers import Layer, detect_layers, missing_required
 from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
 from thyme.sandbox.session import Session
@@ -37,6 +38,12 @@ class Sandbox:
         if self.config.root_dir is not None:
             self.config.root_dir.mkdir(parents=True, exist_ok=True)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="thyme-sandbox-", dir=self.config.root_dir))
+        # Under a root parent every worker drops to its own uid from a pool; they must be able to walk
+        # down to their session directory (but not list the others).
+        self.drop_uid = os.geteuid() == 0
+        if self.drop_uid:
+            self.root.chmod(0o711)
+        self._uids = itertools.cycle(range(UID_BASE, UID_BASE + UID_COUNT))
         cfg = self.config
         self._limits = {
             "memory_mb": cfg.memory_mb,
@@ -53,7 +60,7 @@ class Sandbox:
         self._zygote = Zygote(self.root / "zygote.log")
         self._cgroups, cgroup_detail = Cgroups.create(self.root.name)
         self.layers: tuple[Layer, ...] = detect_layers(
-            self._zygote.namespaces, cfg.forkable, self._cgroups is not None, cgroup_detail
+            self._zygote.namespaces, cfg.forkable, self._cgroups is not None, cgroup_detail, self.drop_uid
         )
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:
@@ -119,8 +126,11 @@ class Sandbox:
         return handle if handle is not None else self._spawn()
 
     def _spawn(self) -> WorkerHandle:
+        limits = dict(self._limits)
+        if self.drop_uid:
+            limits.update(uid=next(self._uids), root=str(self.root))
         try:
-            handle = self._zygote.spawn(self._limits)
+            handle = self._zygote.spawn(limits)
         except SandboxError:
             with self._lock:
                 if self._closed:
@@ -128,7 +138,7 @@ class Sandbox:
                 if not self._zygote.alive:  # restart a zygote that died, once, then give up loudly
                     self._zygote.close()
                     self._zygote = Zygote(self.root / "zygote.log")
-            handle = self._zygote.spawn(self._limits)
+            handle = self._zygote.spawn(limits)
         self.enclose(handle)
         return handle
 

@@ -9,12 +9,14 @@ the sandbox does.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from thyme.sandbox import landlock, seccomp
+from thyme.sandbox.confine import UID_BASE, UID_COUNT
 
 # Layers this build enforces and therefore refuses to run without (unless allow_weak_isolation).
-REQUIRED = ("landlock", "namespaces", "seccomp")
+REQUIRED = ("landlock", "namespaces", "seccomp", "uid")
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Layer:
 
 
 def detect_layers(
-    namespaces: list[str], forkable: bool, cgroups: bool, cgroup_detail: str
+    namespaces: list[str], forkable: bool, cgroups: bool, cgroup_detail: str, drop_uid: bool
 ) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces`."""
     abi = landlock.abi_version()
@@ -59,8 +61,12 @@ def detect_layers(
         Layer("namespaces", "net" in namespaces, ns_detail, required=True),
         Layer(
             "uid",
-            False,
-            "not implemented yet: under a root parent, workers keep uid 0 (Landlock still applies)",
+            True,
+            f"root parent: each worker drops to its own uid ({UID_BASE}-{UID_BASE + UID_COUNT - 1}), "
+            "no capabilities; it sees the runtime through a private mount namespace"
+            if drop_uid
+            else f"the caller is unprivileged (uid {os.getuid()}); workers run as that uid",
+            required=True,
         ),
         Layer(
             "seccomp",

@@ -61,6 +61,7 @@ class WorkerHandle:
     channel: wire.Channel
     pidfd: int | None
     cgroup: WorkerCgroup | None = None
+    uid: int | None = None  # the unprivileged uid the worker dropped to (root parents only)
 
     @classmethod
     def adopt(cls, sock: socket.socket, pid: int) -> WorkerHandle:
@@ -137,7 +138,9 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             raise SandboxError("the sandbox zygote sent a malformed spawn reply")
-        return WorkerHandle.adopt(socket.socket(fileno=fds[0]), reply["pid"])
+        handle = WorkerHandle.adopt(socket.socket(fileno=fds[0]), reply["pid"])
+        handle.uid = limits.get("uid")
+        return handle
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

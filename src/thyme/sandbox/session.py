@@ -37,16 +37,21 @@ class SessionBusy(RuntimeError):
 class Session:
     """A sandbox episode. Create it with `Sandbox.session(inputs=[...])`, use it as a context manager."""
 
-    def __init__(self, sandbox: Sandbox, inputs: tuple[str, ...], home: pathlib.Path) -> None:
+    def __init__(
+        self, sandbox: Sandbox, inputs: tuple[str, ...], home: pathlib.Path, stage_inputs: bool = True
+    ) -> None:
         self._sandbox = sandbox
-        self.inputs = inputs
         self.home = home
         self.output_dir = home / "out"
         self.images_dir = home / "images"
         self.forks_dir = home / "forks"  # forks live below their parent so Landlock layers can nest
-        self.output_dir.mkdir(parents=True)
-        self.images_dir.mkdir()
-        self.forks_dir.mkdir()
+        home.mkdir(mode=0o711)
+        self.output_dir.mkdir(mode=0o700)
+        self.images_dir.mkdir(mode=0o700)
+        self.forks_dir.mkdir(mode=0o711)
+        # Workers that dropped to their own uid may not be able to read the caller's files where they are:
+        # give them read-only copies inside the session directory. `inputs` are the paths code sees.
+        self.inputs = self._stage(inputs) if stage_inputs and sandbox.drop_uid else inputs
         self._collector = Collector(self.output_dir, self.images_dir, sandbox.config)
         self._handle: WorkerHandle | None = None
         self._lock = threading.Lock()
@@ -55,8 +60,30 @@ class Session:
         self.closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def _stage(self, inputs: tuple[str, ...]) -> tuple[str, ...]:
+        staged = self.home / "inputs"
+        staged.mkdir(mode=0o755)
+        copies = []
+        for i, src in enumerate(inputs):
+            dest = staged / (f"{i}_{os.path.basename(src)}" if len(inputs) > 1 else os.path.basename(src))
+            shutil.copyfile(src, dest)
+            dest.chmod(0o444)
+            copies.append(str(dest))
+        return tuple(copies)
+
+    def _hand_over(self, uid: int | None) -> None:
+        """Give the worker's uid ownership of this session's writable tree."""
+        if uid is None:
+            return
+        for top in (self.output_dir, self.forks_dir):
+            os.chown(top, uid, uid)
+            for dirpath, dirnames, filenames in os.walk(top):
+                for name in dirnames + filenames:
+                    os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+
     def _bind(self, handle: WorkerHandle) -> None:
         cfg = self._sandbox.config
+        self._hand_over(handle.uid)
         try:
             handle.channel.send(
                 {
@@ -81,7 +108,11 @@ class Session:
         enforced = reply.get("enforced")
         sb = self._sandbox
         expected = [key for key, on in (("filesystem", sb.landlock), ("seccomp", sb.seccomp)) if on]
-        if not isinstance(enforced, dict) or any(enforced.get(key) is not True for key in expected):
+        if (
+            not isinstance(enforced, dict)
+            or any(enforced.get(key) is not True for key in expected)
+            or (handle.uid is not None and enforced.get("uid") != handle.uid)
+        ):
             handle.kill()
             raise SandboxError(
                 "a sandbox worker did not confirm its confinement layers; refusing to run code"
@@ -220,7 +251,10 @@ class Session:
         with self._exclusive():
             self._ensure_worker()
             assert self._handle is not None
-            child = Session(self._sandbox, self.inputs, self._sandbox._new_home(self.forks_dir))
+            child = Session(
+                self._sandbox, self.inputs, self._sandbox._new_home(self.forks_dir), stage_inputs=False
+            )
+            child._hand_over(self._handle.uid)
             channel = self._handle.channel
             try:
                 channel.send(
@@ -229,7 +263,7 @@ class Session:
                 deadline = time.monotonic() + FORK_TIMEOUT_S
                 announce = channel.recv(deadline)
                 fds = channel.take_fds()
-                done = channel.recv(deadline)
+                done = channel.recv(deadline) if announce.get("forked") is True else announce
             except wire.WireError as exc:
                 self._discard_worker()
                 child.close()
@@ -238,11 +272,14 @@ class Session:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                self._discard_worker()
                 child.close()
+                if announce.get("ok") is True:  # the parent is fine; only the new branch failed to start
+                    raise SandboxError("forking the session failed: the new branch died while starting")
+                self._discard_worker()
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
             sock = socket.socket(fileno=fds[0])
             child._handle = WorkerHandle.adopt(sock, peer_pid(sock))
+            child._handle.uid = self._handle.uid  # a fork keeps its parent's uid
             try:
                 self._sandbox.enclose(child._handle)
             except SandboxError:

@@ -31,7 +31,13 @@ from typing import Any
 
 from thyme.sandbox import seccomp, wire
 from thyme.sandbox.clamp import make_runtime_helpers
-from thyme.sandbox.confine import apply_limits, confine_session
+from thyme.sandbox.confine import (
+    apply_limits,
+    confine_session,
+    drop_privileges,
+    enter_runtime_view,
+    runtime_read_dirs,
+)
 from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
 
 MAX_REQUEST_BYTES = 16 << 20
@@ -246,6 +252,13 @@ def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolate_descriptors(sock.fileno())
     apply_limits(limits)
+    setup_error = None
+    if limits.get("uid") is not None:  # a root parent: see the runtime, then become an unprivileged user
+        try:
+            enter_runtime_view([*runtime_read_dirs(), str(limits["root"])])
+            drop_privileges(int(limits["uid"]), int(limits["uid"]))
+        except OSError as exc:
+            setup_error = f"could not drop to an unprivileged uid: {exc}"
     state = SessionState()
     call = 0
     while True:
@@ -256,12 +269,16 @@ def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
         for fd in fds:
             os.close(fd)
         op = msg.get("op")
+        if op == "init" and setup_error is not None:
+            wire.send_frame(sock, {"ok": False, "error": setup_error})
+            os._exit(0)
         if op == "init":
             try:
                 enforced = state.bind(msg)
             except OSError as exc:
                 wire.send_frame(sock, {"ok": False, "error": f"confinement failed: {exc}"})
                 os._exit(0)
+            enforced["uid"] = os.getuid()
             wire.send_frame(sock, {"ok": True, "pid": os.getpid(), "enforced": enforced})
         elif op == "run":
             call = int(msg.get("call", call + 1))
