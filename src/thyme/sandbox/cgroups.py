@@ -18,7 +18,7 @@ import os
 import pathlib
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROOT = pathlib.Path("/sys/fs/cgroup")
 
@@ -28,6 +28,7 @@ class WorkerCgroup:
     """The cgroup directories of one worker (one per hierarchy on v1, one on v2)."""
 
     dirs: tuple[pathlib.Path, ...]
+    stale: list[pathlib.Path] = field(default_factory=list)  # shared with the owner: dirs to remove later
 
     def add(self, pid: int) -> None:
         for d in self.dirs:
@@ -49,7 +50,8 @@ class WorkerCgroup:
             for pid in self.pids():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-        self.remove()
+        # Killed processes leave the cgroup a moment later; do not wait for them on the caller's path.
+        self.stale.extend(d for d in self.dirs if not _rmdir(d))
 
     def remove(self, wait_s: float = 1.0) -> bool:
         deadline = time.monotonic() + wait_s
@@ -78,6 +80,7 @@ class Cgroups:
     def __init__(self, parents: tuple[pathlib.Path, ...], version: int) -> None:
         self.parents = parents
         self.version = version
+        self.stale: list[pathlib.Path] = []
         self._ids = itertools.count(1)
 
     @classmethod
@@ -109,13 +112,14 @@ class Cgroups:
             )
 
     def worker(self, memory_mb: int, max_processes: int) -> WorkerCgroup:
+        self.stale[:] = [d for d in self.stale if not _rmdir(d)]
         n = next(self._ids)
         dirs = []
         for parent in self.parents:
             d = parent / f"w{n}"
             d.mkdir()
             dirs.append(d)
-        group = WorkerCgroup(tuple(dirs))
+        group = WorkerCgroup(tuple(dirs), self.stale)
         try:
             for d in dirs:
                 if (d / "pids.max").exists():
@@ -134,7 +138,9 @@ class Cgroups:
     def close(self) -> None:
         for parent in self.parents:
             for child in list(parent.glob("w*")):
-                WorkerCgroup((child,)).kill_all()
+                group = WorkerCgroup((child,))
+                group.kill_all()
+                group.remove()
             _rmdir(parent)
 
 
