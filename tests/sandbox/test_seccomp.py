@@ -72,3 +72,23 @@ def test_forkable_false_denies_process_creation(scene_jpeg):
         assert s.run("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()").ok
         with pytest.raises(RuntimeError, match="forkable=False"):
             s.fork()
+
+
+def test_unix_socket_files_of_the_host_are_unreachable(session, tmp_path):
+    """Landlock does not cover connect() to a socket file; seccomp denies creating the socket at all."""
+    import os
+    import socket
+
+    public = tmp_path / "public"
+    public.mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    path = public / "bus.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        os.chmod(path, 0o666)
+        server.listen()
+        server.settimeout(0.5)
+        result = session.run(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(path)!r})")
+        assert "PermissionError" in result.error
+        with pytest.raises(TimeoutError):
+            server.accept()

@@ -4,8 +4,9 @@ Default allow, with an explicit deny list of the system calls that model code ha
 running programs (execve), new namespaces and mounts, tracing or reading other processes' memory, kernel
 attack surface that sandboxes routinely close (bpf, perf_event_open, userfaultfd, io_uring, keyrings, module
 and kexec loading), handle-based opens that bypass path checks, raising resource limits, injecting terminal
-input (TIOCSTI), and every socket family except AF_UNIX. Denied calls fail with EPERM (EAFNOSUPPORT for
-sockets, ENOSYS for clone3 so that libc falls back to clone, whose flags the filter can inspect).
+input (TIOCSTI), and socket() itself (only socketpair() remains, so no path or abstract Unix socket of the
+host can be reached). Denied calls fail with EPERM (EAFNOSUPPORT for non-Unix sockets, ENOSYS for clone3 so
+that libc falls back to clone, whose flags the filter can inspect).
 
 Process creation: `session.fork()` needs the worker to fork, so with `forkable=True` plain fork/clone stays
 allowed (children are contained by the process group kill and, where available, the pids cgroup); with
@@ -117,6 +118,9 @@ def install(forkable: bool) -> None:
                 rule(_errno(errno.EPERM), name)
             rule(_errno(errno.EPERM), "clone", (0, SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0))
         rule(_errno(errno.EAFNOSUPPORT), "socket", (0, SCMP_CMP_NE, socket.AF_UNIX, 0))
+        # No new Unix sockets either: Landlock cannot stop connect() to a world-writable socket file (a
+        # system bus, /dev/log). socketpair() stays allowed; the worker's own channels need nothing else.
+        rule(_errno(errno.EPERM), "socket", (0, SCMP_CMP_EQ, socket.AF_UNIX, 0))
         rule(_errno(errno.EPERM), "prlimit64", (2, SCMP_CMP_NE, 0, 0))
         rule(_errno(errno.EPERM), "ioctl", (1, SCMP_CMP_EQ, TIOCSTI, 0))
         rc = lib.seccomp_load(ctx)
