@@ -152,5 +152,66 @@ def sandbox_exec(
     raise typer.Exit(1 if failed else 0)
 
 
+@sandbox_app.command("serve")
+def sandbox_serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you mean otherwise)."),
+    port: int = typer.Option(8765, help="TCP port; 0 picks a free one (the URL is printed)."),
+    token_file: pathlib.Path | None = typer.Option(
+        None, help="File holding the bearer token clients must send; without it the API is open."
+    ),
+    max_request_mb: float = typer.Option(64.0, help="Largest request body in MiB (uploads); larger -> 413."),
+    timeout: float = typer.Option(30.0, help="Wall-clock limit per run call, seconds."),
+    idle_ttl: float = typer.Option(600.0, help="Close sessions idle for this many seconds."),
+    max_sessions: int = typer.Option(1024, help="Open sessions (forks included) held at once."),
+    allow_weak_isolation: bool = typer.Option(
+        False, "--allow-weak-isolation", help="Run even when a required confinement layer is missing."
+    ),
+) -> None:
+    """Serve sandbox sessions over HTTP (create, run, fork, close) until Ctrl-C or SIGTERM."""
+    import contextlib
+    import ipaddress
+
+    from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
+    from thyme.sandbox.server import SandboxServer, ServerConfig, read_token_file, serve_until_signal
+
+    try:
+        token = read_token_file(token_file) if token_file is not None else None
+        server_config = ServerConfig(
+            host=host,
+            port=port,
+            token=token,
+            max_request_bytes=int(max_request_mb * (1 << 20)),
+            idle_ttl_s=idle_ttl,
+            max_sessions=max_sessions,
+        )
+        sandbox = Sandbox(SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation))
+    except (ValueError, SandboxError) as exc:
+        err_console.print(f"error: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    with sandbox:
+        try:
+            server = SandboxServer(sandbox, server_config)
+        except OSError as exc:
+            err_console.print(
+                f"error: cannot listen on {host}:{port} ({exc.strerror or exc})", soft_wrap=True
+            )
+            raise typer.Exit(2) from None
+        with contextlib.suppress(ValueError):
+            if token is None and not ipaddress.ip_address(host).is_loopback:
+                err_console.print(f"warning: {host} is reachable from other hosts and no --token-file is set")
+
+        def ready(url: str) -> None:
+            auth = "bearer token" if token else "none"
+            err_console.print(
+                f"isolation: {', '.join(sandbox.isolation)}; auth: {auth}; Ctrl-C stops",
+                soft_wrap=True,
+                highlight=False,
+            )
+            sys.stdout.write(f"listening on {url}\n")
+            sys.stdout.flush()
+
+        serve_until_signal(server, ready)
+
+
 def main() -> None:
     app()

@@ -79,3 +79,18 @@ def test_fork_after_timeout_starts_from_fresh_state(sandbox, scene_jpeg):
         child = s.fork()
         assert "NameError" in child.run("print(x)").error
         child.close()
+
+
+def test_a_fork_tree_leaves_nothing_behind(sandbox, scene_jpeg):
+    root = sandbox.session(inputs=[scene_jpeg])
+    child = root.fork()
+    grandchild = child.fork()
+    root.close()
+    assert root.forks_dir.exists()  # its forks still live inside it
+    grandchild.close()
+    assert child.output_dir.exists() and not grandchild.output_dir.exists()
+    child.close()
+    assert not root.forks_dir.exists() and not root.output_dir.exists()
+    for s in (root, child, grandchild):
+        s.discard_images()
+    assert not root.home.exists()

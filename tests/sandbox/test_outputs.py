@@ -199,3 +199,11 @@ def test_common_formats(session, fmt):
         + "img.convert('RGB').crop((0, 0, 65, 66)).save(processed_path)"
     )
     assert [Image.open(p).size for p in result.images] == [(65, 66)]
+
+
+def test_long_printed_text_is_scanned_in_linear_time(session):
+    import time
+
+    start = time.monotonic()
+    result = session.run("print('y' * 65000)\nprint('z.' * 30000)")
+    assert result.ok and time.monotonic() - start < 1.0  # once 7 s of the caller's CPU (quadratic regex)

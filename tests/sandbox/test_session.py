@@ -150,7 +150,10 @@ def test_closed_session_refuses_and_cleans_up(sandbox, scene_jpeg):
     out = pathlib.Path(s.output_dir)
     assert out.exists()
     s.close()
-    assert not out.exists()
+    assert not out.exists() and not (s.home / "inputs").exists()
+    assert s.images_dir.exists()  # returned images stay readable until the Sandbox closes
+    s.discard_images()
+    assert not s.home.exists()
     with pytest.raises(RuntimeError, match="closed"):
         s.run("print(1)")
     s.close()  # idempotent

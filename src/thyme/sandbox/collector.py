@@ -34,7 +34,11 @@ ALLOWED_FORMATS = {
     "GIF": ".gif",
     "TIFF": ".tif",
 }
-_PRINTED_PATH = re.compile(r"[\w./~+-]*\.(?:" + "|".join(IMAGE_EXTENSIONS) + r")\b", re.IGNORECASE)
+# A match may start only where a path-like run of characters starts: unanchored, a long run without an image
+# extension (model code printing 'y' * 65536) is rescanned from every position, quadratic in the caller.
+_PRINTED_PATH = re.compile(
+    r"(?<![\w./~+-])[\w./~+-]*\.(?:" + "|".join(IMAGE_EXTENSIONS) + r")\b", re.IGNORECASE
+)
 MAX_SCAN_ENTRIES = 4096
 MAX_CANDIDATES = 64
 

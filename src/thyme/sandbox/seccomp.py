@@ -121,6 +121,10 @@ def install(forkable: bool) -> None:
         # No new Unix sockets either: Landlock cannot stop connect() to a world-writable socket file (a
         # system bus, /dev/log). socketpair() stays allowed; the worker's own channels need nothing else.
         rule(_errno(errno.EPERM), "socket", (0, SCMP_CMP_EQ, socket.AF_UNIX, 0))
+        # A datagram socketpair could still sendto() a host socket file by path; the worker never needs
+        # one, nor connect() (socketpairs are born connected).
+        rule(_errno(errno.EPERM), "socketpair", (1, SCMP_CMP_MASKED_EQ, 0xF, socket.SOCK_DGRAM))
+        rule(_errno(errno.EPERM), "connect")
         rule(_errno(errno.EPERM), "prlimit64", (2, SCMP_CMP_NE, 0, 0))
         rule(_errno(errno.EPERM), "ioctl", (1, SCMP_CMP_EQ, TIOCSTI, 0))
         rc = lib.seccomp_load(ctx)

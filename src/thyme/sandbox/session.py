@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import secrets
 import shutil
 import socket
 import threading
@@ -58,6 +59,10 @@ class Session:
         self._calls = 0
         self._lost_state = False
         self.closed = False
+        self._parent: Session | None = None
+        self._open_forks = 0  # forks live in this session's directory, so it stays until they close
+        self._forks_lock = threading.Lock()
+        self._nonce = ""
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _stage(self, inputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -75,11 +80,11 @@ class Session:
         """Give the worker's uid ownership of this session's writable tree."""
         if uid is None:
             return
-        for top in (self.output_dir, self.forks_dir):
-            os.chown(top, uid, uid)
-            for dirpath, dirnames, filenames in os.walk(top):
-                for name in dirnames + filenames:
-                    os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+        os.chown(self.forks_dir, uid, uid)  # only the directory: the forks inside keep their own owners
+        os.chown(self.output_dir, uid, uid)
+        for dirpath, dirnames, filenames in os.walk(self.output_dir):
+            for name in dirnames + filenames:
+                os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
 
     def _bind(self, handle: WorkerHandle) -> None:
         cfg = self._sandbox.config
@@ -148,8 +153,28 @@ class Session:
                     self._handle.channel.send({"op": "close"})
                 self._handle.kill()
                 self._handle = None
-            shutil.rmtree(self.output_dir, ignore_errors=True)
             self._sandbox._forget(self)
+        self._release()
+
+    def _release(self) -> None:
+        """Delete the session's files once its forks are closed too, except the collected images: results
+        handed to the caller stay readable until the Sandbox closes (or `discard_images()`)."""
+        with self._forks_lock:
+            if not self.closed or self._open_forks:
+                return
+        for part in (self.output_dir, self.home / "inputs", self.forks_dir):
+            shutil.rmtree(part, ignore_errors=True)
+        parent, self._parent = self._parent, None
+        if parent is not None:
+            with parent._forks_lock:
+                parent._open_forks -= 1
+            parent._release()
+
+    def discard_images(self) -> None:
+        """Delete the images this session returned (for long-lived sandboxes that keep their own copies)."""
+        shutil.rmtree(self.images_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.home.rmdir()
 
     def __enter__(self) -> Session:
         return self
@@ -197,7 +222,8 @@ class Session:
         assert self._handle is not None
         self._calls += 1
         with contextlib.suppress(wire.WireError):  # a dead worker shows up as PeerDied on receive
-            self._handle.channel.send({"op": "run", "code": code, "call": self._calls})
+            self._nonce = secrets.token_hex(8)
+            self._handle.channel.send({"op": "run", "code": code, "call": self._calls, "nonce": self._nonce})
         return self._handle
 
     def _failed(self, exc: wire.WireError, start: float, restarted: bool) -> ExecutionResult:
@@ -228,6 +254,8 @@ class Session:
             and isinstance(repairs, list)
         ):
             return self._failed(wire.WireError("fields of the wrong type"), start, restarted)
+        if reply.get("nonce") != self._nonce:  # a frame the code forged on its own channel is not a reply
+            return self._failed(wire.WireError("a frame that does not answer this call"), start, restarted)
         collected = self._collector.collect(self._calls, processed, stdout)
         if collected.rejected and error is None:
             error = "\n".join(collected.rejected)
@@ -286,6 +314,9 @@ class Session:
                 child.close()
                 raise
             child._calls = self._calls
+            child._parent = self
+            with self._forks_lock:
+                self._open_forks += 1
             child._collector.mark_all_seen()
             self._sandbox._adopt(child)
             return child

@@ -200,7 +200,9 @@ def fork_session(
         wire.send_frame(sock, {"forked": True}, fds=(theirs.fileno(),))
         theirs.close()
         sock.close()
-        os.close(w)
+        # Everything else inherited goes too: a descriptor the parent's code kept (a dup of the parent's
+        # channel, say) must not let this branch talk on its parent's behalf. Closing w releases the parent.
+        isolate_descriptors(mine.fileno())
         return mine
     os.close(w)
     os.read(r, 1)
@@ -282,7 +284,9 @@ def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
             wire.send_frame(sock, {"ok": True, "pid": os.getpid(), "enforced": enforced})
         elif op == "run":
             call = int(msg.get("call", call + 1))
-            wire.send_frame(sock, run_code(state, str(msg["code"]), call))
+            reply = run_code(state, str(msg["code"]), call)
+            reply["nonce"] = msg.get("nonce")
+            wire.send_frame(sock, reply)
         elif op == "fork":
             child_sock = fork_session(sock, state, str(msg["output_dir"]), str(msg["forks_dir"]))
             if child_sock is not None:
