@@ -1,10 +1,10 @@
 """The confinement layers of the sandbox, and which of them are active on this machine.
 
 Each layer is reported honestly: `active` is True only when the code that enforces it exists and the kernel
-supports it here. `required` layers are the ones this build enforces; when one is missing the sandbox refuses
-to start unless the user passes `allow_weak_isolation=True`. Layers not built yet (an unprivileged uid,
-seccomp, cgroups) are listed as missing and not required, so `thyme sandbox check` never claims more than
-the sandbox does.
+supports it here. `required` layers are the ones this build enforces everywhere; when one is missing the
+sandbox refuses to start unless the user passes `allow_weak_isolation=True`. cgroups are reported but not
+required, because an ordinary user usually cannot create them. What no layer covers yet (a disk quota on the
+output directory) is said in the README, so `thyme sandbox check` never claims more than the sandbox does.
 """
 
 from __future__ import annotations
