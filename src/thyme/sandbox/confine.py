@@ -3,11 +3,12 @@
 - `enter_namespaces()` (zygote, once): a private network namespace (no interface is up, so no TCP, UDP, raw
   or netlink traffic reaches anything) and a private IPC namespace, inherited by every worker. As root this
   needs no user namespace; as an ordinary user a user namespace maps the caller's uid to itself first.
-- `apply_limits()` (worker, at fork): rlimits for address space, CPU seconds, file size, open files, no core.
 - `apply_limits()` (worker, at fork): rlimits on address space, CPU seconds, file size, open files; no core.
-  the inputs, write the session's output tree, nothing else.
-What is not here yet: an unprivileged uid under a root parent, seccomp, cgroups. `layers.py` reports them as
-missing rather than pretending.
+- `enter_runtime_view()` + `drop_privileges()` (worker, at fork, root parents only): a private mount namespace
+  in which the runtime stays reachable, then an unprivileged uid with no capabilities.
+- `confine_session()` (worker, at bind, before any model code): no_new_privs and Landlock: read the runtime
+  and the inputs, write the session's output tree, nothing else.
+seccomp (`seccomp.py`) is installed right after Landlock; cgroups (`cgroups.py`) are set up by the caller.
 """
 
 from __future__ import annotations

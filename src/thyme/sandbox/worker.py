@@ -2,7 +2,8 @@
 
 A worker is forked by the zygote (`thyme.sandbox.zygote`) with numpy, PIL and cv2 already imported, so
 starting one costs a fork, not an interpreter start. It closes every descriptor except its channel, applies
-its resource limits, and then serves frames from the caller:
+its resource limits, drops to an unprivileged uid (root parents), and then serves frames from the caller;
+at `init` it confines itself with Landlock and seccomp before any model code can run:
 
     init  {inputs, output_dir, repairs, max_stdout}   bind the session (once)
     run   {code, call}                                  repair, compile, exec in the session namespace
