@@ -23,7 +23,7 @@ app = typer.Typer(
 sandbox_app = typer.Typer(help="Inspect and use the code sandbox.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _version(value: bool) -> None:
@@ -107,14 +107,14 @@ def sandbox_exec(
 
     for path in [*files, *image]:
         if not path.is_file():
-            err_console.print(f"error: {path} is not a file; pass existing paths")
+            err_console.print(f"error: {path} is not a file; pass existing paths", markup=False)
             raise typer.Exit(2)
     failed = False
     config = SandboxConfig(timeout_s=timeout, pool_size=0, allow_weak_isolation=allow_weak_isolation)
     try:
         sandbox = Sandbox(config)
     except SandboxError as exc:
-        err_console.print(f"error: {exc}")
+        err_console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     with sandbox, sandbox.session(inputs=image) as s:
         for path in files:

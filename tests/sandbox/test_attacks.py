@@ -774,8 +774,8 @@ def test_malformed_reply_frames_are_errors(scene, name):
 
 
 OVERWRITE_FORK_IMAGES = (
-    "import os\nfrom PIL import Image\nfor f in os.listdir(FORK + '/images'):\n"
-    "    Image.new('RGB', (40, 40), 'red').save(FORK + '/images/' + f, format='PNG')"
+    "import os\nfrom PIL import Image\nfor f in os.listdir(FORK_IMAGES):\n"
+    "    Image.new('RGB', (40, 40), 'red').save(FORK_IMAGES + '/' + f, format='PNG')"
 )
 FORK_CHANNEL = {
     "inject_reply_into_parent": "os.write(kept, frame(FAKE))",
@@ -814,7 +814,7 @@ INTO_FORK = {
     ),
     "overwrite_fork_collected_image": OVERWRITE_FORK_IMAGES,
     "overwrite_fork_collected_image_after_parent_restart": OVERWRITE_FORK_IMAGES,
-    "delete_fork_images_dir": "import shutil\nshutil.rmtree(FORK + '/images')",
+    "delete_fork_images_dir": "import shutil\nshutil.rmtree(FORK_IMAGES)",
     "kill_fork_worker": "import os, signal\nos.kill(FORK_PID, signal.SIGKILL)",
     "renice_fork_worker": "import os\nos.setpriority(os.PRIO_PROCESS, FORK_PID, 19)",
 }
@@ -829,7 +829,7 @@ _FORK_REACH = pytest.mark.xfail(
 )
 INTO_FORK_CASES = [
     pytest.param(name, marks=_FORK_REACH)
-    if name in ("read_fork_output", "plant_in_fork_output", "kill_fork_worker", "renice_fork_worker")
+    if name in ("read_fork_output", "plant_in_fork_output", "kill_fork_worker")
     else name
     for name in INTO_FORK
 ]
@@ -848,7 +848,10 @@ def test_a_parent_session_cannot_reach_into_its_forks(scene, name):
         if name.endswith("_after_parent_restart"):
             crash = parent.run("import os\nos._exit(0)")  # the parent's next call gets a fresh worker
             assert "SandboxCrash" in crash.error
-        code = f"FORK, FORK_PID = {str(fork.home)!r}, {int(own.stdout)}\n" + attempt(INTO_FORK[name])
+        code = (
+            f"FORK, FORK_PID, FORK_IMAGES = {str(fork.home)!r}, {int(own.stdout)}, {str(fork.images_dir)!r}\n"
+            + attempt(INTO_FORK[name])
+        )
         result = parent.run(code)
         try:
             later = fork.run(

@@ -91,6 +91,7 @@ def test_a_fork_tree_leaves_nothing_behind(sandbox, scene_jpeg):
     assert child.output_dir.exists() and not grandchild.output_dir.exists()
     child.close()
     assert not root.forks_dir.exists() and not root.output_dir.exists()
+    assert not root.home.exists()
     for s in (root, child, grandchild):
         s.discard_images()
-    assert not root.home.exists()
+        assert not s.images_dir.exists()

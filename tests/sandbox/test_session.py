@@ -150,10 +150,10 @@ def test_closed_session_refuses_and_cleans_up(sandbox, scene_jpeg):
     out = pathlib.Path(s.output_dir)
     assert out.exists()
     s.close()
-    assert not out.exists() and not (s.home / "inputs").exists()
+    assert not s.home.exists()  # outputs, staged inputs
     assert s.images_dir.exists()  # returned images stay readable until the Sandbox closes
     s.discard_images()
-    assert not s.home.exists()
+    assert not s.images_dir.exists()
     with pytest.raises(RuntimeError, match="closed"):
         s.run("print(1)")
     s.close()  # idempotent

@@ -44,6 +44,8 @@ class Sandbox:
         if self.drop_uid:
             self.root.chmod(0o711)
         self._uids = itertools.cycle(range(UID_BASE, UID_BASE + UID_COUNT))
+        self.images_root = self.root / "images"  # the caller's copies of collected images, per session
+        self.images_root.mkdir(mode=0o700)
         cfg = self.config
         self._limits = {
             "memory_mb": cfg.memory_mb,

@@ -46,6 +46,13 @@ DENIED = (
     "iopl", "ioperm", "lookup_dcookie", "vhangup", "settimeofday", "clock_settime", "adjtimex",
 )  # fmt: skip
 PROCESS_CREATION = ("fork", "vfork")
+# Changing metadata by path. Landlock does not cover it, so a worker running as the caller's own uid could
+# chmod or touch any file of the caller's that it can name (~/.ssh, say). Denied when workers run as the
+# caller's uid; under a root parent each worker has a uid of its own that owns nothing outside its outputs.
+METADATA = (
+    "chmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchownat", "utime", "utimes", "utimensat",
+    "futimesat", "setxattr", "lsetxattr", "removexattr", "lremovexattr",
+)  # fmt: skip
 
 
 class _ArgCmp(ctypes.Structure):
@@ -87,7 +94,7 @@ def _errno(code: int) -> int:
     return 0x00050000 | (code & 0xFFFF)
 
 
-def install(forkable: bool) -> None:
+def install(forkable: bool, deny_metadata: bool = False) -> None:
     """Load the filter into the calling thread and every thread and process it creates afterwards."""
     lib = _lib()
     if lib is None:
@@ -108,7 +115,7 @@ def install(forkable: bool) -> None:
             if rc < 0:
                 raise SeccompError(-rc, f"seccomp rule for {name}: {errno.errorcode.get(-rc, rc)}")
 
-        for name in DENIED:
+        for name in DENIED + (METADATA if deny_metadata else ()):
             rule(_errno(errno.EPERM), name)
         rule(_errno(errno.ENOSYS), "clone3")
         for flag in NAMESPACE_FLAGS:
@@ -127,6 +134,11 @@ def install(forkable: bool) -> None:
         rule(_errno(errno.EPERM), "connect")
         rule(_errno(errno.EPERM), "prlimit64", (2, SCMP_CMP_NE, 0, 0))
         rule(_errno(errno.EPERM), "ioctl", (1, SCMP_CMP_EQ, TIOCSTI, 0))
+        # Scheduling of other processes (same uid: the caller, a fork's parent): only the worker itself.
+        rule(_errno(errno.EPERM), "setpriority", (1, SCMP_CMP_NE, 0, 0))
+        rule(_errno(errno.EPERM), "ioprio_set", (1, SCMP_CMP_NE, 0, 0))
+        for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+            rule(_errno(errno.EPERM), name, (0, SCMP_CMP_NE, 0, 0))
         rc = lib.seccomp_load(ctx)
         if rc < 0:
             raise SeccompError(-rc, f"seccomp_load failed: {errno.errorcode.get(-rc, rc)}")

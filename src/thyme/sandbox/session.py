@@ -44,7 +44,8 @@ class Session:
         self._sandbox = sandbox
         self.home = home
         self.output_dir = home / "out"
-        self.images_dir = home / "images"
+        # Collected images live outside every worker's writable tree (a parent may write into its forks).
+        self.images_dir = sandbox.images_root / home.name
         self.forks_dir = home / "forks"  # forks live below their parent so Landlock layers can nest
         home.mkdir(mode=0o711)
         self.output_dir.mkdir(mode=0o700)
@@ -100,6 +101,7 @@ class Session:
                     "landlock": self._sandbox.landlock,
                     "seccomp": self._sandbox.seccomp,
                     "forkable": cfg.forkable,
+                    "deny_metadata": not self._sandbox.drop_uid,
                     "forks_dir": str(self.forks_dir),
                 }
             )
@@ -157,13 +159,12 @@ class Session:
         self._release()
 
     def _release(self) -> None:
-        """Delete the session's files once its forks are closed too, except the collected images: results
-        handed to the caller stay readable until the Sandbox closes (or `discard_images()`)."""
+        """Delete the session's directory once its forks are closed too. The collected images are kept:
+        results handed to the caller stay readable until the Sandbox closes (or `discard_images()`)."""
         with self._forks_lock:
             if not self.closed or self._open_forks:
                 return
-        for part in (self.output_dir, self.home / "inputs", self.forks_dir):
-            shutil.rmtree(part, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
         parent, self._parent = self._parent, None
         if parent is not None:
             with parent._forks_lock:
@@ -173,8 +174,6 @@ class Session:
     def discard_images(self) -> None:
         """Delete the images this session returned (for long-lived sandboxes that keep their own copies)."""
         shutil.rmtree(self.images_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.home.rmdir()
 
     def __enter__(self) -> Session:
         return self

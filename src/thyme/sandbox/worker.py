@@ -91,7 +91,9 @@ class SessionState:
             enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
             self.landlocked = True
         if msg.get("seccomp"):
-            seccomp.install(forkable=bool(msg.get("forkable", True)))
+            seccomp.install(
+                forkable=bool(msg.get("forkable", True)), deny_metadata=bool(msg.get("deny_metadata"))
+            )
             enforced["seccomp"] = True
         self.repairs = tuple(msg.get("repairs", REPAIR_NAMES))
         self.max_stdout = int(msg.get("max_stdout", self.max_stdout))
