@@ -10,7 +10,7 @@ EXTRAS ?= dev
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.thyme-installed
 
-.PHONY: test demo lint bench clean-venv
+.PHONY: test demo lint bench clean-venv test-unprivileged
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,3 +33,15 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The sandbox behaves differently for an ordinary user (user namespaces, no uid pool, no cgroups). As root,
+# this runs the sandbox tests as a throwaway unprivileged user, with a virtualenv of the system Python (the
+# root one may live under /root, which other users cannot read).
+TEST_USER ?= thyme-ci
+test-unprivileged:
+	@test "$$(id -u)" = 0 || { echo "run as root: it creates the user $(TEST_USER)"; exit 2; }
+	id -u $(TEST_USER) >/dev/null 2>&1 || useradd -m -s /bin/sh $(TEST_USER)
+	rm -rf /home/$(TEST_USER)/repo && mkdir -p /home/$(TEST_USER)/repo
+	git ls-files -z | xargs -0 -I{} cp --parents {} /home/$(TEST_USER)/repo/
+	chown -R $(TEST_USER): /home/$(TEST_USER)/repo
+	su $(TEST_USER) -c 'cd ~/repo && /usr/bin/python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev]" && .venv/bin/pytest -q tests/sandbox tests/test_cli.py'
