@@ -26,11 +26,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from PIL import Image
 from sandbox_bench import STATEFUL_SETUP, STATEFUL_SNIPPET, make_jpeg, pct
 
 from thyme.sandbox import Sandbox, SandboxConfig
 from thyme.sandbox.client import SandboxClient
+from thyme.sandbox.loadtest import load_test
 
 TOKEN = "bench-token"
 
@@ -62,55 +62,19 @@ def in_threads(n: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - start
 
 
-def load_test(url: str, image: pathlib.Path, sessions: int, clients: int) -> dict:
-    lock = threading.Lock()
-    todo = iter(range(sessions))
-    ok, errors, creates = [0], [], []
-
-    def client_loop(_: int) -> None:
-        with SandboxClient(url, token=TOKEN) as client:
-            while True:
-                with lock:
-                    k = next(todo, None)
-                if k is None:
-                    return
-                try:
-                    t = time.perf_counter()
-                    with client.session(inputs=[image]) as s:
-                        created = time.perf_counter() - t
-                        r1 = s.run(f"secret = {k} * 7919 + 13\nprint(secret)")
-                        r2 = s.run(
-                            "from PIL import Image\nprocessed_path = output_dir + '/mine.png'\n"
-                            f"Image.open(image_path).crop((0, 0, {64 + k % 97}, {64 + k // 97}))"
-                            ".save(processed_path)\nsecret += 1\nprint(secret)"
-                        )
-                        r3 = s.run("print(secret * 2)")
-                    good = (
-                        r1.stdout == f"{k * 7919 + 13}\n"
-                        and r2.stdout == f"{k * 7919 + 14}\n"
-                        and [Image.open(p).size for p in r2.images] == [(64 + k % 97, 64 + k // 97)]
-                        and r3.stdout == f"{(k * 7919 + 14) * 2}\n"
-                    )
-                    with lock:
-                        ok[0] += good
-                        creates.append(created)
-                        if not good:
-                            errors.append(f"session {k}: mismatch {r1.stdout!r} {r2.stdout!r} {r3.stdout!r}")
-                except Exception as exc:
-                    with lock:
-                        errors.append(f"session {k}: {type(exc).__name__}: {exc}")
-
-    elapsed = in_threads(clients, client_loop)
-    for line in errors[:5]:
+def load_figures(url: str, image: pathlib.Path, sessions: int, clients: int) -> dict:
+    report = load_test(url, image, sessions, clients, token=TOKEN)
+    for line in report.errors[:5]:
         print("  ", line, file=sys.stderr)
+    creates = report.create_s
     return {
         "load_sessions": sessions,
         "load_clients": clients,
-        "load_lost_or_mixed": sessions - ok[0],
-        "load_errors": len(errors),
-        "load_wall_s": elapsed,
-        "load_sessions_per_s": sessions / elapsed,
-        "load_calls_per_s": 3 * sessions / elapsed,
+        "load_lost_or_mixed": report.lost_or_mixed,
+        "load_errors": len(report.errors),
+        "load_wall_s": report.wall_s,
+        "load_sessions_per_s": sessions / report.wall_s,
+        "load_calls_per_s": 3 * sessions / report.wall_s,
         "load_http_create_ms_p50": pct(creates, 50) * 1e3 if creates else float("nan"),
         "load_http_create_ms_p99": pct(creates, 99) * 1e3 if creates else float("nan"),
     }
@@ -170,7 +134,7 @@ def main() -> None:
         proc, url = start_server(tmp)
         try:
             results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
-            results.update(load_test(url, image, args.sessions, args.clients))
+            results.update(load_figures(url, image, args.sessions, args.clients))
             for c in args.concurrency:
                 results.update(throughput(url, image, c, max(1, args.calls * 2 // c), args.rounds))
         finally:

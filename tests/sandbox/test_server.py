@@ -28,6 +28,7 @@ from thyme.sandbox.client import (
     ServiceUnavailable,
     SessionNotFound,
 )
+from thyme.sandbox.loadtest import load_test
 from thyme.sandbox.server import SandboxServer, ServerConfig
 
 TOKEN = "test-token-7f3a"
@@ -379,54 +380,10 @@ def test_a_client_vanishing_mid_call_leaves_the_session_usable(server, client):
         assert client.health()["status"] == "ok"
 
 
-def run_load(url: str, image, sessions: int, clients: int, token: str | None = None) -> dict[str, int]:
-    """`sessions` episodes of 3 calls from `clients` threads; each episode computes values unique to it."""
-    errors: list[str] = []
-    done = []
-    lock = threading.Lock()
-    todo = iter(range(sessions))
-
-    def worker() -> None:
-        with SandboxClient(url, token=token) as c:
-            while True:
-                with lock:
-                    k = next(todo, None)
-                if k is None:
-                    return
-                try:
-                    with c.session(inputs=[image]) as s:
-                        r1 = s.run(f"secret = {k} * 7919 + 13\nprint(secret)")
-                        r2 = s.run(
-                            "from PIL import Image\nprocessed_path = output_dir + '/mine.png'\n"
-                            f"Image.open(image_path).crop((0, 0, {64 + k % 97}, {64 + k // 97})).save("
-                            "processed_path)\nsecret += 1\nprint(secret)"
-                        )
-                        r3 = s.run("print(secret * 2)")
-                    sizes = [Image.open(p).size for p in r2.images]
-                    ok = (
-                        r1.stdout == f"{k * 7919 + 13}\n"
-                        and r2.stdout == f"{k * 7919 + 14}\n"
-                        and sizes == [(64 + k % 97, 64 + k // 97)]
-                        and r3.stdout == f"{(k * 7919 + 14) * 2}\n"
-                    )
-                    with lock:
-                        (done if ok else errors).append(f"session {k}: {r1}, {r2}, {r3}")
-                except Exception as exc:
-                    with lock:
-                        errors.append(f"session {k}: {type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"ok": len(done), "lost_or_mixed": sessions - len(done), "errors": errors}
-
-
 @pytest.mark.slow
 def test_load_1000_sessions_from_16_clients_nothing_lost_or_mixed(server, scene_jpeg):
-    report = run_load(server.url, scene_jpeg, sessions=1000, clients=16, token=TOKEN)
-    assert report["errors"] == [] and report["ok"] == 1000
+    report = load_test(server.url, scene_jpeg, sessions=1000, clients=16, token=TOKEN)
+    assert report.errors == [] and report.ok == 1000 and report.lost_or_mixed == 0
     assert server.service.health()["sessions"] == 0
 
 
