@@ -35,6 +35,7 @@ from thyme.sandbox.clamp import make_runtime_helpers
 from thyme.sandbox.confine import (
     apply_limits,
     confine_session,
+    drop_capabilities,
     drop_privileges,
     enter_runtime_view,
     runtime_read_dirs,
@@ -264,6 +265,10 @@ def serve(sock: socket.socket, limits: dict[str, Any]) -> None:
             drop_privileges(int(limits["uid"]), int(limits["uid"]))
         except OSError as exc:
             setup_error = f"could not drop to an unprivileged uid: {exc}"
+    try:
+        drop_capabilities()
+    except OSError as exc:
+        setup_error = setup_error or f"could not drop capabilities: {exc}"
     state = SessionState()
     call = 0
     while True:
