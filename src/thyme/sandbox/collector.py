@@ -24,6 +24,7 @@ from PIL import Image
 
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.repairs import OUTPUT_PREFIX
+from thyme.sandbox.watch import Watcher
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "webp", "gif", "tif", "tiff")
 ALLOWED_FORMATS = {
@@ -59,20 +60,64 @@ FileKey = tuple[int, int, int]
 class Collector:
     """Collects the images of one session's calls; remembers which files it has already seen."""
 
-    def __init__(self, output_dir: pathlib.Path, dest_dir: pathlib.Path, config: SandboxConfig) -> None:
+    def __init__(
+        self,
+        output_dir: pathlib.Path,
+        dest_dir: pathlib.Path,
+        config: SandboxConfig,
+        watcher: Watcher | None = None,
+    ) -> None:
         self.output_dir = pathlib.Path(output_dir)
         self.dest_dir = pathlib.Path(dest_dir)
         self.config = config
         self.seen: dict[str, FileKey] = {}
+        # With a watcher only files the kernel reports as changed are looked at; without one (or after a
+        # lost event) the whole tree is scanned. Both give the same answer.
+        self._watcher = watcher if watcher is not None and watcher.watch(self, str(self.output_dir)) else None
 
     def mark_all_seen(self) -> None:
+        if self._watcher is not None:
+            self._watcher.take(self)
         self.seen = self._scan()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.forget(self)
+            self._watcher = None
+
+    def _current(self) -> dict[str, FileKey]:
+        """The regular image files of the tree now, from the watcher's reports when it has them."""
+        if self._watcher is None:
+            return self._scan()
+        changes = self._watcher.take(self)
+        if changes.rescan:
+            return self._scan()
+        if changes.new_dirs:  # subdirectories are rare: from now on this session is scanned in full
+            self.close()
+            return self._scan()
+        current = dict(self.seen)
+        for rel in changes.paths:
+            key = self._key(rel)
+            if key is None:
+                current.pop(rel, None)
+            else:
+                current[rel] = key
+        return current
+
+    def _key(self, rel: str) -> FileKey | None:
+        try:
+            st = os.lstat(os.path.join(self.output_dir, rel))
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode) and rel.lower().endswith(IMAGE_EXTENSIONS):
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return None
 
     def collect(self, call: int, processed: list[object], stdout: str) -> Collected:
         result = Collected()
         named: list[tuple[str, bool]] = [(p, True) for p in processed[:MAX_CANDIDATES] if isinstance(p, str)]
         named += [(m.group(0), False) for m in _PRINTED_PATH.finditer(stdout[: 1 << 20])][:MAX_CANDIDATES]
-        current = self._scan()
+        current = self._current()
         ordered: list[str] = []
         for raw, explicit in named:
             rel = self._relative(raw)

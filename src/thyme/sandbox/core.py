@@ -26,6 +26,7 @@ from thyme.sandbox.confine import UID_BASE, UID_COUNT
 from thyme.sandbox.layers import Layer, detect_layers, missing_required
 from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
 from thyme.sandbox.session import Session
+from thyme.sandbox.watch import Watcher
 
 
 class Sandbox:
@@ -44,6 +45,7 @@ class Sandbox:
         if self.drop_uid:
             self.root.chmod(0o711)
         self._uids = itertools.cycle(range(UID_BASE, UID_BASE + UID_COUNT))
+        self.watcher = Watcher()  # one inotify descriptor for the output trees of all sessions
         self.images_root = self.root / "images"  # the caller's copies of collected images, per session
         self.images_root.mkdir(mode=0o700)
         cfg = self.config
@@ -59,7 +61,13 @@ class Sandbox:
         self._pool: list[WorkerHandle] = []
         self._wanted = threading.Condition(self._lock)
         self._closed = False
-        self._zygote = Zygote(self.root / "zygote.log")
+        try:
+            self._zygote = Zygote(self.root / "zygote.log")
+        except SandboxError:
+            self._closed = True
+            self.watcher.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         self._cgroups, cgroup_detail = Cgroups.create(self.root.name)
         self.layers: tuple[Layer, ...] = detect_layers(
             self._zygote.namespaces, cfg.forkable, self._cgroups is not None, cgroup_detail, self.drop_uid
@@ -69,6 +77,7 @@ class Sandbox:
             self._zygote.close()
             if self._cgroups is not None:
                 self._cgroups.close()
+            self.watcher.close()
             shutil.rmtree(self.root, ignore_errors=True)
             self._closed = True
             names = ", ".join(layer.name for layer in missing)
@@ -191,6 +200,7 @@ class Sandbox:
         self._refiller.join(timeout=5)
         if self._cgroups is not None:
             self._cgroups.close()
+        self.watcher.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:

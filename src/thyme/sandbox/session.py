@@ -54,7 +54,7 @@ class Session:
         # Workers that dropped to their own uid may not be able to read the caller's files where they are:
         # give them read-only copies inside the session directory. `inputs` are the paths code sees.
         self.inputs = self._stage(inputs) if stage_inputs and sandbox.drop_uid else inputs
-        self._collector = Collector(self.output_dir, self.images_dir, sandbox.config)
+        self._collector = Collector(self.output_dir, self.images_dir, sandbox.config, sandbox.watcher)
         self._handle: WorkerHandle | None = None
         self._lock = threading.Lock()
         self._calls = 0
@@ -156,6 +156,7 @@ class Session:
                 self._handle.kill()
                 self._handle = None
             self._sandbox._forget(self)
+            self._collector.close()
         self._release()
 
     def _release(self) -> None:
