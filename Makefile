@@ -1,12 +1,12 @@
 # Two commands: `make demo` and `make test`. Each creates .venv/ at the repository root when missing.
 #
-# torch: nothing in the current package needs it. Once the `train` extra is part of EXTRAS, pip installs
-# $(TORCH) in the same command (on CPU machines `torch==2.13.0` comes from local disk). To keep a CUDA
-# torch you already have in .venv, pass an empty spec: `make test TORCH=`.
+# torch: the `models` and `train` extras need it; pip installs $(TORCH) in the same command (on CPU machines
+# `torch==2.13.0` comes from local disk). To keep a CUDA torch you already have in .venv, pass an empty
+# spec: `make test TORCH=`.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev
+EXTRAS ?= dev,models
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.thyme-installed
 
@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.thyme-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]" $(if $(findstring train,$(EXTRAS)),$(TORCH))
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" $(if $(or $(findstring train,$(EXTRAS)),$(findstring models,$(EXTRAS))),$(TORCH))
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+
+# Nothing is ever downloaded in tests. huggingface_hub reads this once, at its first import, so it is set
+# here, before any test module can import transformers.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

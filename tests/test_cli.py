@@ -84,3 +84,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert Image.open(zoom).size == (256, 256)
     assert "crop_clamp" in result.stdout and "image_path" in result.stdout
     assert "180.5" in result.stdout
+
+
+def test_models_tiny_builds_offline(tmp_path):
+    out = tmp_path / "tiny"
+    result = thyme("models", "tiny", "--out", str(out), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    again = thyme("models", "tiny", "--out", str(out))
+    assert again.returncode == 2 and "Traceback" not in again.stderr

@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 sandbox_app = typer.Typer(help="Inspect and use the code sandbox.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+models_app = typer.Typer(help="Build offline models for tests and smoke runs.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -211,6 +213,33 @@ def sandbox_serve(
             sys.stdout.flush()
 
         serve_until_signal(server, ready)
+
+
+@models_app.command("tiny")
+def models_tiny(
+    out: pathlib.Path = typer.Option(..., "--out", help="Directory to write; must be absent or empty."),
+    seed: int = typer.Option(0, help="Weight seed; the same seed gives byte-identical files."),
+    size: str = typer.Option("tiny", help="tiny (~1M parameters, tests) or small (~6M, toy world)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty directory."),
+) -> None:
+    """Build a random Qwen2.5-VL with thyme's offline tokenizer and processor; nothing is downloaded."""
+    try:
+        from thyme.models import build_tiny
+    except ImportError as exc:
+        err_console.print(
+            f"error: {exc.name or exc} is not installed; install the models extra: "
+            "pip install 'thyme-vl[models]' torch",
+            markup=False,
+        )
+        raise typer.Exit(2) from None
+    try:
+        with console.status(f"building the {size} model in {out}"):
+            path = build_tiny(out, seed=seed, size=size, overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    mib = sum(p.stat().st_size for p in path.iterdir()) / 2**20
+    console.print(f"wrote {path} ({mib:.1f} MiB)")
 
 
 def main() -> None:
