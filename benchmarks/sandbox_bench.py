@@ -167,12 +167,17 @@ def main() -> None:
         results.update(bench_calls(sandbox, image, tmp, args.calls))
         results.update(bench_lifecycle(sandbox, image, args.sessions))
         results.update(bench_parallel(sandbox, image, args.calls * 3))
+    report(results, args.json)
+
+
+def report(results: dict, json_path: pathlib.Path | None) -> None:
+    """Print the figures as an aligned table, and write them as JSON when asked."""
     width = max(map(len, results))
     for key, value in results.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

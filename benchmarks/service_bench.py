@@ -16,7 +16,6 @@ Figures:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import subprocess
@@ -26,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sandbox_bench import STATEFUL_SETUP, STATEFUL_SNIPPET, make_jpeg, pct
+from sandbox_bench import STATEFUL_SETUP, STATEFUL_SNIPPET, make_jpeg, pct, report
 
 from thyme.sandbox import Sandbox, SandboxConfig
 from thyme.sandbox.client import SandboxClient
@@ -140,12 +139,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    width = max(map(len, results))
-    for key, value in results.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key:<{width}}  {shown}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.json)
     if results["load_lost_or_mixed"]:
         raise SystemExit(1)
 
