@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from sandbox_procs import pid_alive, wait_dead
 
 from thyme.sandbox import Sandbox, SandboxConfig
 
@@ -20,14 +21,6 @@ def bounded_sandbox():
                 "fork bombs are contained only by the cgroup layer, which is missing on this machine"
             )
         yield sb
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_fork_bomb_is_contained_and_cleaned_up(bounded_sandbox, scene_jpeg):
@@ -49,12 +42,9 @@ def test_processes_started_by_model_code_die_with_the_session(bounded_sandbox, s
     s = bounded_sandbox.session(inputs=[scene_jpeg])
     code = "import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(600)\n    os._exit(0)\nprint(pid)"
     orphan = int(s.run(code).stdout)
-    assert _alive(orphan)
+    assert pid_alive(orphan)
     s.close()
-    deadline = time.monotonic() + 3
-    while _alive(orphan) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not _alive(orphan)
+    assert not wait_dead({orphan}, within=3)
 
 
 def test_pids_limit_is_enforced(bounded_sandbox, scene_jpeg):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from sandbox_procs import wait_dead
 
 from thyme.sandbox import Sandbox, SandboxConfig
 
@@ -78,23 +79,10 @@ def test_closing_the_sandbox_kills_its_workers(scene_jpeg):
     forked = s.fork()
     child_pid = int(forked.run("import os\nprint(os.getpid())").stdout)
     sb.close()
-    deadline = time.monotonic() + 5
-    alive = {pid, child_pid}
-    while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if _exists(p)}
-        time.sleep(0.05)
-    assert not alive
+    assert not wait_dead({pid, child_pid})
     assert not sb.root.exists()
     with pytest.raises(RuntimeError, match="closed"):
         sb.session()
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_memory_limit_turns_a_memory_bomb_into_an_error(scene_jpeg):

@@ -19,6 +19,7 @@ import urllib.parse
 
 import pytest
 from PIL import Image
+from sandbox_procs import wait_dead
 
 from thyme.sandbox import ExecutionResult, Sandbox, SandboxConfig, SessionBusy
 from thyme.sandbox.client import (
@@ -65,22 +66,6 @@ def raw(server, method: str, path: str, body: bytes | None = None, token: str | 
         return resp.status, json.loads(data), dict(resp.getheaders())
     finally:
         conn.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_dead(pids: set[int], within: float = 5.0) -> set[int]:
-    deadline = time.monotonic() + within
-    while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if alive(p)}
-        time.sleep(0.05)
-    return pids
 
 
 # -- the same behaviour as a local session ---------------------------------------------------------------

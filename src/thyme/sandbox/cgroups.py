@@ -112,7 +112,7 @@ class Cgroups:
             )
 
     def worker(self, memory_mb: int, max_processes: int) -> WorkerCgroup:
-        self.stale[:] = [d for d in self.stale if not _rmdir(d)]
+        self.sweep()
         n = next(self._ids)
         dirs = []
         for parent in self.parents:
@@ -134,6 +134,10 @@ class Cgroups:
             group.remove()
             raise
         return group
+
+    def sweep(self) -> None:
+        """Remove the directories of killed workers whose processes have left by now."""
+        self.stale[:] = [d for d in self.stale if not _rmdir(d)]
 
     def close(self) -> None:
         for parent in self.parents:

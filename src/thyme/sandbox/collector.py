@@ -57,6 +57,13 @@ class Collected:
 FileKey = tuple[int, int, int]
 
 
+def _image_key(rel: str, st: os.stat_result) -> FileKey | None:
+    """Identity of a regular file with an image name (a rewrite changes it), else None."""
+    if stat.S_ISREG(st.st_mode) and rel.lower().endswith(IMAGE_EXTENSIONS):
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    return None
+
+
 class Collector:
     """Collects the images of one session's calls; remembers which files it has already seen."""
 
@@ -109,9 +116,7 @@ class Collector:
             st = os.lstat(os.path.join(self.output_dir, rel))
         except OSError:
             return None
-        if stat.S_ISREG(st.st_mode) and rel.lower().endswith(IMAGE_EXTENSIONS):
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-        return None
+        return _image_key(rel, st)
 
     def collect(self, call: int, processed: list[object], stdout: str) -> Collected:
         result = Collected()
@@ -181,8 +186,8 @@ class Collector:
                         continue
                     if stat.S_ISDIR(st.st_mode) and rel_dir.count(os.sep) < 3:
                         stack.append(rel)
-                    elif stat.S_ISREG(st.st_mode) and entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                        found[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
+                    elif (key := _image_key(rel, st)) is not None:
+                        found[rel] = key
         return found
 
     def _accept(self, rel: str, call: int, index: int) -> pathlib.Path:

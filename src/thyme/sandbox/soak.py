@@ -91,7 +91,7 @@ def soak(image: pathlib.Path, sessions: int, progress=None) -> SoakReport:
         cgroups = sandbox._cgroups
         leaked_cgroups = 0
         if cgroups is not None:
-            cgroups.stale[:] = [d for d in cgroups.stale if d.exists() and not _try_rmdir(d)]
+            cgroups.sweep()
             leaked_cgroups = max(0, len(list(cgroups.parents[0].glob("w*"))) - sandbox.config.pool_size)
         leaked_files = [p for p in sandbox.root.rglob("*") if p.is_file() and p.name != "zygote.log"]
         seconds = time.monotonic() - start
@@ -104,11 +104,3 @@ def soak(image: pathlib.Path, sessions: int, progress=None) -> SoakReport:
         leaked_cgroups=leaked_cgroups,
         leaked_files=len(leaked_files),
     )
-
-
-def _try_rmdir(d: pathlib.Path) -> bool:
-    try:
-        d.rmdir()
-    except OSError:
-        return False
-    return True
