@@ -54,3 +54,32 @@ def test_plain_sessions_never_fall_back_to_scanning(session):
     for i in range(3):
         session.run(f"from PIL import Image\nImage.new('RGB', (64, 64)).save(output_dir + '/f{i}.png')")
     assert session._collector._watcher is not None
+
+
+def test_concurrent_takers_never_lose_an_event(tmp_path):
+    """Many threads taking their own changes at once: every file written is reported to its owner."""
+    import threading
+
+    watcher = Watcher()
+    owners = [object() for _ in range(8)]
+    dirs = []
+    for k, owner in enumerate(owners):
+        d = tmp_path / f"d{k}"
+        d.mkdir()
+        watcher.watch(owner, str(d))
+        dirs.append(d)
+    missed = []
+
+    def work(k: int) -> None:
+        for i in range(200):
+            (dirs[k] / f"f{i}.png").write_bytes(b"x")
+            if f"f{i}.png" not in watcher.take(owners[k]).paths:
+                missed.append((k, i))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(owners))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    watcher.close()
+    assert missed == []

@@ -78,12 +78,14 @@ class Watcher:
         return changes if changes is not None else Changes(rescan=True)
 
     def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return
-            with self._lock:
+        # Reading and dispatching are one step under the lock: otherwise another thread could find the
+        # queue empty while this one still holds its events, and miss a file its worker just wrote.
+        with self._lock:
+            while True:
+                try:
+                    data = os.read(self.fd, 1 << 16)
+                except BlockingIOError:
+                    return
                 self._dispatch(data)
 
     def _dispatch(self, data: bytes) -> None:
