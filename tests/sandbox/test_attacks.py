@@ -840,6 +840,7 @@ def test_a_fork_does_not_inherit_its_parents_channel(scene, name):
 
 INTO_FORK = {
     "read_fork_output": "print(open(FORK + '/out/own.png', 'rb').read()[:8])",
+    "read_fork_output_after_parent_restart": "print(open(FORK + '/out/own.png', 'rb').read()[:8])",
     "plant_in_fork_output": (
         "from PIL import Image\nImage.new('RGB', (40, 40), 'red').save(FORK + '/out/planted.png')"
     ),
@@ -851,24 +852,36 @@ INTO_FORK = {
 }
 
 
-# A fork is created by its parent's worker, so it keeps the parent's uid and lives in the parent's Landlock
-# domain (Landlock layers only narrow): the parent session can still read, plant files in, or signal its own
-# forks. It can never reach its own parent or sibling sessions (tested above). Closing this needs forks made
-# outside the parent's domain (a restore of the state in a fresh worker), a later milestone.
-_FORK_REACH = pytest.mark.xfail(
-    strict=True, reason="a session can reach into its own forks: same uid, nested Landlock domain"
-)
-INTO_FORK_CASES = [
-    pytest.param(name, marks=_FORK_REACH)
-    if name in ("read_fork_output", "plant_in_fork_output", "kill_fork_worker")
-    else name
-    for name in INTO_FORK
-]
+# A fork keeps its parent's uid and Landlock domain, and Landlock layers only narrow, so the parent seals
+# itself off with a layer of its own before its next call (`Session.fork`). That needs Landlock, and keeping
+# the parent from signalling its forks needs Landlock's signal scoping (ABI >= 6).
+INTO_FORK_NEEDS = {
+    "read_fork_output": "landlock",
+    "read_fork_output_after_parent_restart": "landlock",
+    "plant_in_fork_output": "landlock",
+    "kill_fork_worker": "signal scoping",
+}
 
 
-@pytest.mark.parametrize("name", INTO_FORK_CASES)
-def test_a_parent_session_cannot_reach_into_its_forks(scene, name):
+def _needs_for_fork_reach(request, sandbox: Sandbox, name: str) -> None:
+    from thyme.sandbox.landlock import abi_version
+
+    need = INTO_FORK_NEEDS.get(name)
+    if need is None:
+        return
+    needs_layer(request, sandbox, "landlock", "the parent seals itself off its forks with a Landlock layer")
+    if need == "signal scoping" and "landlock" in sandbox.isolation and abi_version() < 6:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="signal scoping needs Landlock ABI >= 6; the parent keeps its uid"
+            )
+        )
+
+
+@pytest.mark.parametrize("name", list(INTO_FORK))
+def test_a_parent_session_cannot_reach_into_its_forks(request, scene, name):
     """A fork is an independent session (one GRPO sample); the parent's later code must not touch it."""
+    _needs_for_fork_reach(request, scene.sandbox, name)
     with scene.session() as parent, parent.fork() as fork:
         own = fork.run(
             "import os\nfrom PIL import Image\nprocessed_path = output_dir + '/own.png'\n"

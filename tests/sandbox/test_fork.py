@@ -95,3 +95,96 @@ def test_a_fork_tree_leaves_nothing_behind(sandbox, scene_jpeg):
     for s in (root, child, grandchild):
         s.discard_images()
         assert not s.images_dir.exists()
+
+
+def _fork_reach_needs_landlock(sandbox) -> None:
+    import pytest
+
+    if "landlock" not in sandbox.isolation:
+        pytest.xfail("sealing a parent off its forks is a Landlock layer, missing here")
+
+
+def test_threads_and_timers_of_the_parent_end_at_the_fork(sandbox, session):
+    """Code that left a thread or a timer running cannot use it to reach a fork made later."""
+    _fork_reach_needs_landlock(sandbox)
+    session.run(
+        "import os, signal, threading, time\n"
+        "forks = os.path.join(os.path.dirname(output_dir), 'forks')\n"
+        "planted = []\n"
+        "def plant(*_):\n"
+        "    for root, dirs, files in os.walk(forks):\n"
+        "        if root.endswith('/out'):\n"
+        "            try:\n"
+        "                open(os.path.join(root, 'planted.txt'), 'w').close()\n"
+        "                planted.append(root)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "def loop():\n"
+        "    while True:\n"
+        "        plant()\n"
+        "        time.sleep(0.005)\n"
+        "threading.Thread(target=loop, daemon=True).start()\n"
+        "signal.signal(signal.SIGALRM, plant)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)\n"
+        "pid = os.getpid()"
+    )
+    with session.fork() as child:
+        import time
+
+        time.sleep(0.3)  # time enough for a surviving thread or timer to plant many times
+        listing = child.run("import os\nprint(sorted(os.listdir(output_dir)))")
+        assert listing.stdout.strip() == "[]", "a thread or timer of the parent wrote into the fork"
+        after = session.run("print(threading.active_count(), planted, os.getpid() != pid)")
+    assert after.stdout.strip() == "1 [] True", after  # same state, a new single-threaded process
+
+
+def test_forks_in_a_row_share_one_seal(sandbox, scene_jpeg):
+    """A GRPO group forks one session many times in a row; that costs it one Landlock layer, not one per
+    fork, and siblings cannot reach each other."""
+    from thyme.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(pool_size=0)) as sb, sb.session(inputs=[scene_jpeg]) as s:
+        s.run("seed = 7")
+        children = [s.fork() for _ in range(20)]
+        try:
+            for k, c in enumerate(children):
+                c.run(f"open(output_dir + '/mine.txt', 'w').write('{k}')")
+            sibling = str(children[1].output_dir)
+            probe = children[0].run(
+                f"try:\n    open({sibling!r} + '/mine.txt').read()\nexcept OSError:\n    print('BLOCKED')"
+            )
+            assert probe.stdout.strip() == ("BLOCKED" if "landlock" in sb.isolation else ""), probe
+            assert [c.run("print(seed)").stdout.strip() for c in children] == ["7"] * 20
+            assert s.run("print(seed)").stdout.strip() == "7"
+        finally:
+            for c in children:
+                c.close()
+
+
+def test_a_lineage_too_deep_for_landlock_is_refused_with_a_clear_error(sandbox, scene_jpeg):
+    import pytest
+
+    from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
+
+    _fork_reach_needs_landlock(sandbox)
+    with Sandbox(SandboxConfig(pool_size=0)) as sb, sb.session(inputs=[scene_jpeg]) as s:
+        s.run("n = 0")
+        forks = []
+        with pytest.raises(SandboxError, match=r"Landlock layers .* at most 16"):
+            for _ in range(20):  # each fork-then-run costs the parent one layer
+                forks.append(s.fork())
+                s.run("n += 1")
+        assert len(forks) == 15, "the bind layer plus 15 seals fill Landlock's 16"
+        assert s.run("print(n)").stdout.strip() == "15", "a refused fork leaves the session working"
+        assert forks[-1].run("print(n)").stdout.strip() == "14"
+        for f in forks:
+            f.close()
+
+
+def test_files_the_parent_holds_open_survive_its_fork(session):
+    """The parent's process is replaced at a fork (see above), but what its code holds open stays open."""
+    session.run("log = open(output_dir + '/log.txt', 'w')\nlog.write('before ')\nlog.flush()")
+    with session.fork() as child:
+        assert child.run("x = 1").ok
+    after = session.run("log.write('after')\nlog.close()\nprint(open(output_dir + '/log.txt').read())")
+    assert after.ok and after.stdout.strip() == "before after", after

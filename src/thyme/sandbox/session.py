@@ -96,6 +96,10 @@ class Session:
         self._forks_lock = threading.Lock()
         self._nonce = ""
         self._enclosing: Future | None = None  # a fork's cgroup placement, still running (see _settle)
+        # Sealing a parent off its forks (see `fork`): whether the worker may have anything of the session's
+        # code still able to run (threads, timers), and the forks directory it narrows to at its next call.
+        self._quiescent = False
+        self._seal_dir: pathlib.Path | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _stage(self, inputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -155,6 +159,7 @@ class Session:
                     "output_dir": str(self.output_dir),
                     "repairs": list(cfg.repairs),
                     "max_stdout": cfg.max_stdout_chars,
+                    "png_compress_level": cfg.png_compress_level,
                     "landlock": self._sandbox.landlock,
                     "seccomp": self._sandbox.seccomp,
                     "forkable": cfg.forkable,
@@ -202,10 +207,13 @@ class Session:
         self._settle()
         if self._handle is not None:
             return False
+        if self._seal_dir is not None:  # a fresh worker starts narrowed, without the forks made so far
+            self.forks_dir, self._seal_dir = self._seal_dir, None
         try:
             self._bind(self._sandbox._take_worker())
         except SandboxError:  # a pooled worker that died while waiting: one retry with a fresh fork
             self._bind(self._sandbox._spawn())
+        self._quiescent = True  # a fresh worker has run no code of the session
         restarted, self._lost_state = self._lost_state, False
         return restarted
 
@@ -304,9 +312,14 @@ class Session:
             raise TypeError(f"session.run expects the code as str, got {type(code).__name__}")
         assert self._handle is not None
         self._calls += 1
+        msg = {"op": "run", "code": code, "call": self._calls}
+        if self._seal_dir is not None:  # forked since the last call: the worker narrows before the code runs
+            msg["seal"] = str(self._seal_dir)
+            self.forks_dir, self._seal_dir = self._seal_dir, None
+        self._quiescent = False
         with contextlib.suppress(wire.WireError):  # a dead worker shows up as PeerDied on receive
-            self._nonce = secrets.token_hex(8)
-            self._handle.channel.send({"op": "run", "code": code, "call": self._calls, "nonce": self._nonce})
+            self._nonce = msg["nonce"] = secrets.token_hex(8)
+            self._handle.channel.send(msg)
         return self._handle
 
     def _failed(self, exc: wire.WireError, start: float, restarted: bool) -> ExecutionResult:
@@ -357,11 +370,20 @@ class Session:
 
     # -- branching -----------------------------------------------------------------------------------
     def fork(self) -> Session:
-        """An independent copy of this session's state (copy-on-write, in a new process)."""
+        """An independent copy of this session's state (copy-on-write, in a new process).
+
+        Neither side can reach the other afterwards (where Landlock is active): the fork writes only its own
+        tree, and this session narrows to its own output and a fresh forks directory before its next call
+        runs, so later code here cannot read, change or signal the fork. Threads and timers this session's
+        code left running end here (they do not survive in the fork either): the process is replaced by a
+        single-threaded copy first. Forks in a row cost this session one Landlock layer in all.
+        """
         if not self._sandbox.config.forkable:
             raise RuntimeError("this Sandbox has forkable=False; create it with SandboxConfig(forkable=True)")
         with self._exclusive():
             self._ensure_worker()
+            if not self._quiescent:
+                self._renew()
             assert self._handle is not None
             zygote = self._handle.zygote  # the branch lives in its parent's mount namespace
             if zygote is None:
@@ -386,6 +408,9 @@ class Session:
                 self._discard_worker()
                 child.close()
                 raise SandboxError(f"forking the session failed: {exc}") from None
+            if isinstance(announce.get("refused"), str):
+                child.close()
+                raise SandboxError(f"cannot fork: {announce['refused'][:500]}")
             if announce.get("forked") is not True or done.get("ok") is not True or len(fds) != 1:
                 for fd in fds:
                     with contextlib.suppress(OSError):
@@ -401,9 +426,43 @@ class Session:
             child._handle.zygote = self._handle.zygote
             child._enclosing = self._sandbox.enclose_later(child._handle)
             child._calls = self._calls
+            child._quiescent = True  # a single-threaded copy that has run nothing yet
             child._parent = self
             with self._forks_lock:
                 self._open_forks += 1
             child._collector.mark_all_seen()
             self._sandbox._adopt(child)
+            if self._seal_dir is None:  # where this session's later forks go; its next call narrows to it
+                self._seal_dir = self._sandbox._new_home(self.forks_dir)
+                self._seal_dir.mkdir(mode=0o711)
+                if self._handle.uid is not None:
+                    os.chown(self._seal_dir, self._handle.uid, self._handle.uid)
             return child
+
+    def _renew(self) -> None:
+        """Replace the worker by a single-threaded copy of itself (same state, cgroup and uid); the old
+        process exits, taking along any thread or timer the session's code started."""
+        self._settle()  # the copy inherits the cgroup, so the placement must be done
+        old = self._handle
+        assert old is not None
+        try:
+            old.channel.send({"op": "renew"})
+            deadline = time.monotonic() + FORK_TIMEOUT_S
+            announce = old.channel.recv(deadline)
+            fds = old.channel.take_fds()
+            done = old.channel.recv(deadline) if announce.get("renewed") is True else announce
+        except wire.WireError as exc:
+            self._discard_worker()
+            raise SandboxError(f"forking the session failed: its worker did not renew ({exc})") from None
+        if announce.get("renewed") is not True or done.get("ok") is not True or len(fds) != 1:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._discard_worker()
+            raise SandboxError("forking the session failed: the worker answered out of protocol")
+        sock = socket.socket(fileno=fds[0])
+        new = WorkerHandle.adopt(sock, peer_pid(sock))
+        new.uid, new.zygote, new.cgroup = old.uid, old.zygote, old.cgroup
+        old.cgroup = None  # the cgroup now holds the copy: kill the old process alone
+        old.kill()
+        self._handle = new

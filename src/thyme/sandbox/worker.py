@@ -5,13 +5,22 @@ starting one costs a fork, not an interpreter start. It closes every descriptor 
 its resource limits, drops to an unprivileged uid (root parents), and then serves frames from the caller;
 at `init` it confines itself with Landlock and seccomp before any model code can run:
 
-    init  {inputs, output_dir, quota_dev, repairs, ...} bind the session (once)
-    run   {code, call}                                  repair, compile, exec in the session namespace
-    fork  {output_dir}                                  branch: a child process continues with a copy
+    init  {inputs, output_dir, quota_dev, repairs, png_compress_level, ...} bind the session (once)
+    run   {code, call, seal?}                           repair, compile, exec in the session namespace
+    fork  {output_dir, forks_dir}                       branch: a child process continues with a copy
+    renew {}                                            a single-threaded copy of this process takes over
     close {}                                            exit
 
 Everything here runs in the same process as model code, so nothing the worker says is trusted by the caller:
 the caller re-checks every path and caps every size (`thyme.sandbox.collector`).
+
+A fork must stay out of its parent's reach, and Landlock only narrows: the fork's tree lies inside what the
+parent may write. So the parent narrows too (`seal`), before its next code runs: one more layer that keeps
+its own output directory and a fresh forks directory, without the forks made so far. A layer binds only the
+thread that adds it, so the caller first has the process replaced by a single-threaded copy (`renew`), which
+also leaves behind the timers and threads the session's code may have started; no code of the session runs
+between that and the seal. With signal scoping (Landlock ABI >= 6) the sealed parent can no longer signal
+its forks either, since their domains are no longer nested in its own.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from thyme.sandbox.confine import (
 from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
 
 MAX_REQUEST_BYTES = 16 << 20
+MAX_LANDLOCK_LAYERS = 16  # the kernel's cap on stacked Landlock domains (LANDLOCK_MAX_NUM_LAYERS)
 
 
 class CappedText(io.TextIOBase):
@@ -69,6 +79,28 @@ class CappedText(io.TextIOBase):
         return "".join(self.parts)
 
 
+def set_png_compression(level: int) -> None:
+    """Make `level` the zlib level of PNGs saved without an explicit `compress_level` (or `optimize`).
+
+    Wraps PIL's registered PNG writers in this process only: a call that names its own level keeps it.
+    """
+    from PIL import Image
+
+    for table in (Image.SAVE, Image.SAVE_ALL):
+        writer = table.get("PNG")
+        if writer is None:
+            continue
+        inner = getattr(writer, "__wrapped__", writer)
+
+        def tuned(im: Any, fp: Any, filename: Any, _inner: Any = inner) -> None:
+            if not im.encoderinfo.get("optimize"):
+                im.encoderinfo.setdefault("compress_level", level)
+            _inner(im, fp, filename)
+
+        tuned.__wrapped__ = inner  # type: ignore[attr-defined]
+        table["PNG"] = tuned
+
+
 @dataclass
 class SessionState:
     """What a worker remembers between calls: the namespace and where the session lives."""
@@ -80,6 +112,7 @@ class SessionState:
     namespace: dict[str, Any] = field(default_factory=dict)
     fired: list[str] = field(default_factory=list)
     landlocked: bool = False
+    layers: int = 0  # Landlock layers this process is under
 
     def bind(self, msg: dict[str, Any]) -> dict[str, bool]:
         """Take the session's identity and confine this process to it; returns the layers enforced."""
@@ -88,7 +121,7 @@ class SessionState:
         enforced: dict[str, bool] = {}
         if msg.get("landlock"):
             enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
-            self.landlocked = True
+            self.landlocked, self.layers = True, 1
         if msg.get("quota_dev") is not None:  # the capped tmpfs the caller holds is what this process sees
             enforced["disk_quota"] = os.stat(self.output_dir).st_dev == msg["quota_dev"]
         if msg.get("seccomp"):
@@ -98,6 +131,9 @@ class SessionState:
             enforced["seccomp"] = True
         self.repairs = tuple(msg.get("repairs", REPAIR_NAMES))
         self.max_stdout = int(msg.get("max_stdout", self.max_stdout))
+        level = msg.get("png_compress_level")
+        if level is not None:
+            set_png_compression(int(level))
         os.chdir(self.output_dir)
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace.update(make_runtime_helpers(self.fired.append))
@@ -108,6 +144,12 @@ class SessionState:
         )
         tempfile.tempdir = self.output_dir
         return enforced
+
+    def narrow(self, forks_dir: str) -> None:
+        """One more Landlock layer: write only the output directory and `forks_dir` from now on."""
+        if self.landlocked:
+            confine_session(self.inputs, [self.output_dir, forks_dir])
+            self.layers += 1
 
 
 def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
@@ -182,37 +224,69 @@ def _processed_paths(value: Any) -> list[str]:
     return []
 
 
-def fork_session(
-    sock: socket.socket, state: SessionState, new_output_dir: str, forks_dir: str
-) -> socket.socket | None:
-    """Branch this session. Returns the child's new channel in the child, None in the parent.
-
-    The child makes a fresh socket pair and hands one end to the caller over the inherited channel; the
-    caller learns the child's pid from that socket's kernel credentials, not from anything the child says.
-    The parent waits until the child has finished talking before it acknowledges, so the two never
+def branch(
+    sock: socket.socket, hello: dict[str, Any], prepare: Any, isolate: bool = True
+) -> tuple[socket.socket | None, int]:
+    """Fork this process. The child runs `prepare()`, then hands the caller one end of a fresh socket pair
+    with `hello` over the inherited channel and keeps the other; it returns (its new channel, 0). The
+    parent returns (None, the child's pid) once the child has finished talking, so that the two never
     interleave frames on the shared channel.
+
+    The caller learns the child's pid from that socket's kernel credentials, not from anything the child
+    says. With `isolate` everything else the child inherited is closed too: a descriptor the session's code
+    kept (a dup of the parent's channel, say) must not let a new session talk on its parent's behalf.
     """
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         mine, theirs = socket.socketpair()
-        _copy_outputs(state.output_dir, new_output_dir)
-        if state.landlocked:  # one more layer: from now on this branch writes only its own tree
-            confine_session(state.inputs, [new_output_dir, forks_dir])
-        _rebase(state, new_output_dir)
-        wire.send_frame(sock, {"forked": True}, fds=(theirs.fileno(),))
+        prepare()
+        wire.send_frame(sock, hello, fds=(theirs.fileno(),))
         theirs.close()
         sock.close()
-        # Everything else inherited goes too: a descriptor the parent's code kept (a dup of the parent's
-        # channel, say) must not let this branch talk on its parent's behalf. Closing w releases the parent.
-        isolate_descriptors(mine.fileno())
-        return mine
+        if isolate:
+            isolate_descriptors(mine.fileno())  # closing w releases the parent
+        else:
+            os.close(w)
+        return mine, 0
     os.close(w)
     os.read(r, 1)
     os.close(r)
-    wire.send_frame(sock, {"ok": True, "child": pid})
-    return None
+    return None, pid
+
+
+def fork_session(
+    sock: socket.socket, state: SessionState, new_output_dir: str, forks_dir: str
+) -> socket.socket | None:
+    """Branch this session. Returns the child's new channel in the child, None in the parent."""
+    if state.landlocked and state.layers >= MAX_LANDLOCK_LAYERS:
+        refusal = (
+            f"this session carries {state.layers} Landlock layers (one more for each fork in its history) "
+            f"and the kernel stacks at most {MAX_LANDLOCK_LAYERS}; fork a session with a shorter history"
+        )
+        wire.send_frame(sock, {"refused": refusal})
+        return None
+
+    def prepare() -> None:
+        _copy_outputs(state.output_dir, new_output_dir)
+        _rebase(state, new_output_dir)
+        state.narrow(forks_dir)  # from now on this branch writes only its own tree
+
+    mine, pid = branch(sock, {"forked": True}, prepare)
+    if mine is None:
+        wire.send_frame(sock, {"ok": True, "child": pid})
+    return mine
+
+
+def renew(sock: socket.socket) -> socket.socket:
+    """Hand the session over to a single-threaded copy of this process, then exit (see the module doc).
+    The copy keeps the files the session's code holds open; only the old channel goes."""
+    mine, _pid = branch(sock, {"renewed": True}, lambda: None, isolate=False)
+    if mine is not None:
+        return mine
+    wire.send_frame(sock, {"ok": True})
+    os._exit(0)
 
 
 def _copy_outputs(src: str, dst: str) -> None:
@@ -296,6 +370,12 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
             enforced["uid"] = os.getuid()
             wire.send_frame(sock, {"ok": True, "pid": os.getpid(), "enforced": enforced})
         elif op == "run":
+            if msg.get("seal"):  # the caller forked this session since its last call: narrow first
+                try:
+                    state.narrow(str(msg["seal"]))
+                except OSError as exc:
+                    wire.send_frame(sock, {"ok": False, "error": f"confinement failed: {exc}"})
+                    os._exit(0)
             call = int(msg.get("call", call + 1))
             reply = run_code(state, str(msg["code"]), call)
             reply["nonce"] = msg.get("nonce")
@@ -304,5 +384,7 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
             child_sock = fork_session(sock, state, str(msg["output_dir"]), str(msg["forks_dir"]))
             if child_sock is not None:
                 sock = child_sock
+        elif op == "renew":
+            sock = renew(sock)
         else:
             os._exit(0)

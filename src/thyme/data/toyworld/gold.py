@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from thyme.data.toyworld.base import Draft, code_block
+from thyme.sandbox.config import SandboxConfig
 from thyme.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -153,9 +154,12 @@ def _pixels(path: Path) -> np.ndarray:
 
 
 def _render(images, scratch: Path, number: int) -> list[Path]:
+    """Save the expected images as the sandbox would (its default PNG level), so verified and unverified
+    runs write the same bytes."""
+    level = SandboxConfig().png_compress_level
     paths = []
     for index, image in enumerate(images):
         path = scratch / f"expected-{number}-{index}.png"
-        image.save(path)
+        image.save(path, **({} if level is None else {"compress_level": level}))
         paths.append(path)
     return paths
