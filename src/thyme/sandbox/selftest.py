@@ -1,9 +1,10 @@
 """A functional self-test of the sandbox on this machine, used by `thyme sandbox check`.
 
 It starts a real sandbox (with a small disk quota) and checks the behaviours every consumer relies on: the
-confinement probes below (and the quota, where that layer is active), code runs out of process,
-state persists, an image is produced and collected, a runaway loop is killed on time, and a crash is an
-error result rather than a hang. The confinement attack suite lives in the tests; this is the quick check.
+confinement probes below (and the quota, and a parent sealed off its fork, where those layers are active),
+code runs out of process, state persists, an image is produced and collected, a runaway loop is killed on
+time, and a crash is an error result rather than a hang. The confinement attack suite lives in the tests;
+this is the quick check.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> 
                 )
                 r = s.run("print(pid == os.getpid())")
                 check("state persists", r.stdout.strip() == "True", r.stdout.strip() or str(r.error))
+                if "landlock" in sandbox.isolation:
+                    with s.fork() as branch:
+                        branch.run("open('mine.txt', 'w').write('x')")
+                        mine = os.path.join(str(branch.output_dir), "mine.txt")
+                        r = s.run(_TRY.format(action=f"open({mine!r}).read()"))
+                    check(
+                        "cannot reach its forks",
+                        r.stdout.strip() == "denied",
+                        r.stdout.strip() or str(r.error),
+                    )
                 r = s.run(
                     "from PIL import Image\nim = Image.open(image_path).crop((0, 0, 100, 100))\n"
                     "processed_path = '/mnt/data/temp_processed_images/crop.png'\nim.save(processed_path)\n"
