@@ -375,14 +375,15 @@ class Session:
         Neither side can reach the other afterwards (where Landlock is active): the fork writes only its own
         tree, and this session narrows to its own output and a fresh forks directory before its next call
         runs, so later code here cannot read, change or signal the fork. Threads and timers this session's
-        code left running end here (they do not survive in the fork either): the process is replaced by a
-        single-threaded copy first. Forks in a row cost this session one Landlock layer in all.
+        code left running end here (they do not survive in the fork either): a worker with more than one
+        thread or a POSIX timer is replaced by a single-threaded copy first. Forks in a row cost this
+        session one Landlock layer in all.
         """
         if not self._sandbox.config.forkable:
             raise RuntimeError("this Sandbox has forkable=False; create it with SandboxConfig(forkable=True)")
         with self._exclusive():
             self._ensure_worker()
-            if not self._quiescent:
+            if not (self._quiescent or self._idle()):
                 self._renew()
             assert self._handle is not None
             zygote = self._handle.zygote  # the branch lives in its parent's mount namespace
@@ -438,6 +439,18 @@ class Session:
                 if self._handle.uid is not None:
                     os.chown(self._seal_dir, self._handle.uid, self._handle.uid)
             return child
+
+    def _idle(self) -> bool:
+        """Whether no code of the session can run in the worker until its next call, as the kernel reports
+        it: one thread and no POSIX timer (the worker disarms interval timers when each call returns)."""
+        assert self._handle is not None
+        proc = f"/proc/{self._handle.pid}"
+        try:
+            with open(f"{proc}/status") as status, open(f"{proc}/timers") as timers:
+                threads = next((line.split()[1] for line in status if line.startswith("Threads:")), "")
+                return threads == "1" and not timers.read().strip()
+        except OSError:
+            return False
 
     def _renew(self) -> None:
         """Replace the worker by a single-threaded copy of itself (same state, cgroup and uid); the old

@@ -17,10 +17,11 @@ the caller re-checks every path and caps every size (`thyme.sandbox.collector`).
 A fork must stay out of its parent's reach, and Landlock only narrows: the fork's tree lies inside what the
 parent may write. So the parent narrows too (`seal`), before its next code runs: one more layer that keeps
 its own output directory and a fresh forks directory, without the forks made so far. A layer binds only the
-thread that adds it, so the caller first has the process replaced by a single-threaded copy (`renew`), which
-also leaves behind the timers and threads the session's code may have started; no code of the session runs
-between that and the seal. With signal scoping (Landlock ABI >= 6) the sealed parent can no longer signal
-its forks either, since their domains are no longer nested in its own.
+thread that adds it, and no code of the session may run between the fork and the seal: interval timers are
+disarmed when each call returns, and a process the kernel shows with more than one thread or a POSIX timer
+is first replaced by a single-threaded copy (`renew`), which leaves those behind. With signal scoping
+(Landlock ABI >= 6) the sealed parent can no longer signal its forks either: their domains are no longer
+nested in its own.
 """
 
 from __future__ import annotations
@@ -378,6 +379,8 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
                     os._exit(0)
             call = int(msg.get("call", call + 1))
             reply = run_code(state, str(msg["code"]), call)
+            for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+                signal.setitimer(timer, 0)  # no handler of the code fires between calls (see `renew`)
             reply["nonce"] = msg.get("nonce")
             wire.send_frame(sock, reply)
         elif op == "fork":

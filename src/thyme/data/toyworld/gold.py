@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from thyme.data.toyworld.base import Draft, code_block
-from thyme.sandbox.config import SandboxConfig
 from thyme.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
@@ -36,6 +35,7 @@ from thyme.protocol import (
     feedback_text,
     has_valid_format,
 )
+from thyme.sandbox.config import SandboxConfig
 
 PIXEL_TOLERANCE = 2  # grey levels a produced image may differ from the expected one (none in practice)
 
