@@ -195,9 +195,16 @@ def test_a_lineage_too_deep_for_landlock_is_refused_with_a_clear_error(sandbox, 
 
 
 def test_files_the_parent_holds_open_survive_its_fork(session):
-    """The parent's process is replaced at a fork (see above), but what its code holds open stays open."""
-    session.run("log = open(output_dir + '/log.txt', 'w')\nlog.write('before ')\nlog.flush()")
+    """A parent with a thread is replaced by a single-threaded copy at a fork; what its code holds open
+    stays open there."""
+    session.run(
+        "import os, threading\npid = os.getpid()\n"
+        "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+        "log = open(output_dir + '/log.txt', 'w')\nlog.write('before ')\nlog.flush()"
+    )
     with session.fork() as child:
         assert child.run("x = 1").ok
-    after = session.run("log.write('after')\nlog.close()\nprint(open(output_dir + '/log.txt').read())")
-    assert after.ok and after.stdout.strip() == "before after", after
+    after = session.run(
+        "log.write('after')\nlog.close()\nprint(open(output_dir + '/log.txt').read(), os.getpid() != pid)"
+    )
+    assert after.ok and after.stdout.strip() == "before after True", after
