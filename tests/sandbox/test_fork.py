@@ -129,7 +129,7 @@ LINGERING = {
     ),
     "interval_timer": ("signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)", False),
     "posix_timer": (  # timer_create(CLOCK_MONOTONIC, NULL: SIGALRM) + timer_settime, every 5 ms
-        "rt = ctypes.CDLL(None, use_errno=True)\ntimer = ctypes.c_void_p()\n"
+        "rt = ctypes.CDLL('librt.so.1', use_errno=True)\ntimer = ctypes.c_void_p()\n"
         "assert rt.timer_create(1, None, ctypes.byref(timer)) == 0\n"
         "spec = (ctypes.c_long * 4)(0, 5_000_000, 0, 5_000_000)\n"
         "assert rt.timer_settime(timer, 0, spec, None) == 0",
