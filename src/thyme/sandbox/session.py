@@ -396,15 +396,11 @@ class Session:
             except OSError:
                 child.close()
                 raise
-            channel = self._handle.channel
             try:
-                channel.send(
-                    {"op": "fork", "output_dir": str(child.output_dir), "forks_dir": str(child.forks_dir)}
+                announce, handle = self._request_branch(
+                    {"op": "fork", "output_dir": str(child.output_dir), "forks_dir": str(child.forks_dir)},
+                    "forked",
                 )
-                deadline = time.monotonic() + FORK_TIMEOUT_S
-                announce = channel.recv(deadline)
-                fds = channel.take_fds()
-                done = channel.recv(deadline) if announce.get("forked") is True else announce
             except wire.WireError as exc:
                 self._discard_worker()
                 child.close()
@@ -412,17 +408,13 @@ class Session:
             if isinstance(announce.get("refused"), str):
                 child.close()
                 raise SandboxError(f"cannot fork: {announce['refused'][:500]}")
-            if announce.get("forked") is not True or done.get("ok") is not True or len(fds) != 1:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            if handle is None:
                 child.close()
                 if announce.get("ok") is True:  # the parent is fine; only the new branch failed to start
                     raise SandboxError("forking the session failed: the new branch died while starting")
                 self._discard_worker()
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
-            sock = socket.socket(fileno=fds[0])
-            child._handle = WorkerHandle.adopt(sock, peer_pid(sock))
+            child._handle = handle
             child._handle.uid = self._handle.uid  # a fork keeps its parent's uid and namespaces
             child._handle.zygote = self._handle.zygote
             child._enclosing = self._sandbox.enclose_later(child._handle)
@@ -439,6 +431,28 @@ class Session:
                 if self._handle.uid is not None:
                     os.chown(self._seal_dir, self._handle.uid, self._handle.uid)
             return child
+
+    def _request_branch(self, msg: dict[str, Any], hello: str) -> tuple[dict[str, Any], WorkerHandle | None]:
+        """Send a fork or renew request and read the answer: the new process announces itself (`hello`)
+        with one end of its own socket, whose kernel credentials name its pid, then the worker
+        acknowledges. Returns the first frame and the new process's handle, or None for any other answer
+        (descriptors that came along are closed). Raises `wire.WireError` when the channel fails."""
+        assert self._handle is not None
+        channel = self._handle.channel
+        channel.send(msg)
+        deadline = time.monotonic() + FORK_TIMEOUT_S
+        announce = channel.recv(deadline)
+        fds = channel.take_fds()
+        try:
+            done = channel.recv(deadline) if announce.get(hello) is True else announce
+        except wire.WireError:
+            _close_all(fds)
+            raise
+        if announce.get(hello) is not True or done.get("ok") is not True or len(fds) != 1:
+            _close_all(fds)
+            return announce, None
+        sock = socket.socket(fileno=fds[0])
+        return announce, WorkerHandle.adopt(sock, peer_pid(sock))
 
     def _idle(self) -> bool:
         """Whether no code of the session can run in the worker until its next call, as the kernel reports
@@ -459,23 +473,20 @@ class Session:
         old = self._handle
         assert old is not None
         try:
-            old.channel.send({"op": "renew"})
-            deadline = time.monotonic() + FORK_TIMEOUT_S
-            announce = old.channel.recv(deadline)
-            fds = old.channel.take_fds()
-            done = old.channel.recv(deadline) if announce.get("renewed") is True else announce
+            _announce, new = self._request_branch({"op": "renew"}, "renewed")
         except wire.WireError as exc:
             self._discard_worker()
             raise SandboxError(f"forking the session failed: its worker did not renew ({exc})") from None
-        if announce.get("renewed") is not True or done.get("ok") is not True or len(fds) != 1:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if new is None:
             self._discard_worker()
             raise SandboxError("forking the session failed: the worker answered out of protocol")
-        sock = socket.socket(fileno=fds[0])
-        new = WorkerHandle.adopt(sock, peer_pid(sock))
         new.uid, new.zygote, new.cgroup = old.uid, old.zygote, old.cgroup
         old.cgroup = None  # the cgroup now holds the copy: kill the old process alone
         old.kill()
         self._handle = new
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
