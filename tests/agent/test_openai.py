@@ -229,6 +229,87 @@ def test_streaming_reassembles_to_the_same_completion(server, image):
 
 
 @pytest.mark.parametrize(
+    ("stop", "include_stop"),
+    [
+        ([], False),
+        (["</code>"], True),
+        (["* 7"], False),
+        (["* 7", "python"], True),
+        (["7\n```"], False),
+        (["<think>Multiply with code"], False),  # longer than the text before it: all of it held back
+    ],
+)
+def test_streamed_pieces_join_to_the_content_whatever_the_stops(server, image, stop, include_stop):
+    """Text that may still grow into a stop string is held back, never sent and then taken back."""
+    payload = {"model": MODEL, "messages": compute_messages(image), "temperature": 0, "stop": stop}
+    payload["include_stop_str_in_output"] = include_stop
+    _, whole = post(server, payload)
+    _, text = post(server, {**payload, "stream": True})
+    chunks = [json.loads(e.removeprefix("data: ")) for e in text.split("\n\n") if e and "[DONE]" not in e]
+    deltas = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert "".join(deltas) == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+def _open_stream(server, payload: dict):
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    conn.request("POST", "/v1/chat/completions", json.dumps({**payload, "stream": True}).encode(), headers)
+    return conn, conn.getresponse()
+
+
+def _next_text(response) -> str:
+    """Read events until one carries text; that text."""
+    while line := response.readline():
+        if line.startswith(b"data: {"):
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+            if delta:
+                return delta
+    raise AssertionError("the stream ended without text")
+
+
+def laugh_payload(image: Path) -> dict:
+    messages = chat_messages(new_conversation(image, LAUGH), continuation=False)
+    return {
+        "model": MODEL,
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": 400,
+        "stop": ["</answer>"],
+        "include_stop_str_in_output": True,
+    }
+
+
+def test_stream_sends_text_while_the_model_is_still_generating(server, image):
+    conn, response = _open_stream(server, laugh_payload(image))
+    try:
+        first = _next_text(response)
+        assert server._lock.locked(), "the first text arrived only after the generation had ended"
+        rest = response.read().decode()
+    finally:
+        conn.close()
+    assert LAUGH_TEXT.startswith(first) and rest.rstrip().endswith("data: [DONE]")
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_generation(server, image):
+    stats = server.backend.stats
+    before = stats["decode_steps"]
+    status, whole = post(server, laugh_payload(image))
+    assert status == 200 and whole["choices"][0]["message"]["content"] == LAUGH_TEXT
+    full = stats["decode_steps"] - before
+    conn, response = _open_stream(server, laugh_payload(image))
+    _next_text(response)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    with server._lock:  # the generation has ended
+        left = stats["decode_steps"] - before - full
+    assert left < full // 2, f"the generation ran {left} of {full} steps for a client that had gone"
+    status, again = post(server, laugh_payload(image))  # the server is fine
+    assert status == 200 and again["choices"][0]["message"]["content"] == LAUGH_TEXT
+
+
+@pytest.mark.parametrize(
     ("url", "words"),
     [
         ("https://example.com/cat.png", "only data URLs"),

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +77,9 @@ class AgentServer(GenerationServer):
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
         return AgentRequest(**fields, config=run_config, tools=bool(options.get("tools", True)))
 
-    def complete(self, request: AgentRequest) -> AgentCompletion:
+    def complete(self, request: AgentRequest, on_text=None, head: dict | None = None) -> AgentCompletion:
+        """Run the whole loop; a stream gets the run's text in one piece when it ends (`on_text` unused)."""
+        head = head or self.head()
         question, image = _question_and_image(request)
         with tempfile.TemporaryDirectory(prefix="thyme-serve-") as tmp:
             path = None
@@ -101,8 +101,8 @@ class AgentServer(GenerationServer):
             stop_reason=None,
             prompt_tokens=tokens["prompt"],
             completion_tokens=tokens["completion"],
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
+            id=head["id"],
+            created=head["created"],
             pieces=(traj.text,) if request.stream else (),
             thyme={
                 "answer": traj.answer,

@@ -27,16 +27,18 @@ The reply follows OpenAI: `message.content` without the matched stop string, `fi
 Errors are OpenAI-shaped, `{"error": {"message", "type", "param", "code"}}`; a prompt that fills the context
 is a 400 with code `context_length_exceeded`.
 
+Streaming is live: each token's text is sent as it is generated, except text that could still turn out to
+start a requested stop string (held back until it cannot) and partial UTF-8 characters. A client that
+disconnects mid-stream stops the generation at the next token.
 Limits: one generation at a time (a lock: the model is not thread safe; other endpoints stay responsive),
-request bodies and images are size-capped. Streaming sends the finished generation as per-token chunks:
-`generate_rendered` has no streamer hook, so the first chunk arrives when generation ends.
+request bodies and images are size-capped.
 What the server does not do: TLS (put it behind a proxy when it leaves the host), fetch http(s) image URLs,
 tool calls, or several choices per request.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import logging
 import threading
@@ -158,8 +160,16 @@ class GenerationServer:
             max_image_bytes=self.max_image_bytes,
         )
 
-    def complete(self, request: ChatRequest) -> Completion:
-        """Render the messages with the checkpoint's chat template and generate (one at a time)."""
+    def complete(
+        self, request: ChatRequest, on_text: Callable[[str], bool] | None = None, head: dict | None = None
+    ) -> Completion:
+        """Render the messages with the checkpoint's chat template and generate (one at a time).
+
+        on_text: streaming; called with each new piece of content as it is generated (maybe empty), and
+        the generation stops when it returns False. The Completion's `pieces` then hold what remains.
+        head: the completion's id and created time, when the caller already announced them.
+        """
+        head = head or self.head()
         try:
             prompt = self.backend.processor.apply_chat_template(
                 request.messages,
@@ -170,11 +180,20 @@ class GenerationServer:
         except (ValueError, TypeError) as exc:  # e.g. continue_final_message with no text to continue
             raise ApiError(400, f"cannot render the messages with the chat template: {exc}") from None
         with self._lock:  # the tokenizer is not safe to share across threads either
-            gen = self.backend.generate_rendered(prompt, request.images, request.params, request.stops)
+            live = None
+            if on_text is not None:
+                live = _LiveText(self.backend, request.stops, request.include_stop, on_text)
+            gen = self.backend.generate_rendered(
+                prompt,
+                request.images,
+                request.params,
+                request.stops,
+                on_tokens=live.on_tokens if live is not None else None,
+            )
             content, reason, stop = openai_finish(
                 gen.text, gen.finish_reason, gen.stop, request.stops, request.include_stop
             )
-            pieces = _token_pieces(self.backend.tokenizer, content) if request.stream else ()
+            pieces = (live.rest(content),) if live is not None else ()
         if gen.finish_reason == "context" and gen.completion_tokens == 0:
             raise ApiError(
                 400,
@@ -190,10 +209,14 @@ class GenerationServer:
             stop_reason=stop,
             prompt_tokens=gen.prompt_tokens,
             completion_tokens=gen.completion_tokens,
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            pieces=tuple(pieces),
+            id=head["id"],
+            created=head["created"],
+            pieces=tuple(p for p in pieces if p),
         )
+
+    def head(self) -> dict[str, Any]:
+        """A new completion's id and created time, as every stream chunk repeats them."""
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
 
     def response(self, c: Completion) -> dict[str, Any]:
         choice = {
@@ -212,33 +235,75 @@ class GenerationServer:
             "usage": c.usage(),
         }
 
-    def chunks(self, c: Completion, include_usage: bool) -> Iterator[dict[str, Any]]:
-        """The completion as stream chunks: the role, one delta per token, the finish, maybe the usage."""
-        head = {"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": self.model_name}
+    def chunk(
+        self, head: dict[str, Any], delta: dict[str, Any], reason: str | None = None, stop: str | None = None
+    ) -> dict[str, Any]:
+        """One stream chunk of the completion named by `head`."""
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        if reason is not None:
+            choice["stop_reason"] = stop
+        return {**head, "object": "chat.completion.chunk", "model": self.model_name, "choices": [choice]}
 
-        def chunk(delta: dict[str, Any], reason: str | None = None, stop: str | None = None) -> dict:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
-            if reason is not None:
-                choice["stop_reason"] = stop
-            return {**head, "choices": [choice]}
-
-        yield chunk({"role": "assistant", "content": ""})
+    def chunks(self, c: Completion, include_usage: bool, role_sent: bool = False) -> Iterator[dict[str, Any]]:
+        """The rest of a completion as stream chunks: the role (unless sent), its pieces, the finish, maybe
+        the usage."""
+        head = {"id": c.id, "created": c.created}
+        if not role_sent:
+            yield self.chunk(head, ROLE_DELTA)
         for piece in c.pieces:
-            yield chunk({"content": piece})
-        yield chunk({}, c.finish_reason, c.stop_reason)
+            yield self.chunk(head, {"content": piece})
+        yield self.chunk(head, {}, c.finish_reason, c.stop_reason)
         if include_usage:
-            yield {**head, "choices": [], "usage": c.usage()}
+            yield {**self.chunk(head, {}), "choices": [], "usage": c.usage()}
 
 
-def _token_pieces(tokenizer, text: str) -> list[str]:
-    """`text` cut at token boundaries (what a streaming engine would send); the pieces join to `text`."""
-    try:
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        cuts = sorted({end for _, end in offsets if 0 < end < len(text)})
-    except (TypeError, ValueError, NotImplementedError, KeyError):
-        cuts = list(range(16, len(text), 16))
-    bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+ROLE_DELTA = {"role": "assistant", "content": ""}
+
+
+class _LiveText:
+    """Turns the ids generated so far into content that is safe to send already: never past the first
+    requested stop string, nor into a tail that may still grow into one; never a partial UTF-8 character or
+    an end-of-sequence token. What it sent is always a prefix of the final content (byte-level BPE decodes
+    piecewise), which `rest` checks."""
+
+    def __init__(self, backend, stops: tuple[str, ...], include_stop: bool, on_text: Callable[[str], bool]):
+        self.tokenizer, self.eos_ids = backend.tokenizer, backend.eos_ids
+        self.stops, self.include_stop, self.on_text = stops, include_stop, on_text
+        self.hold = max((len(stop) for stop in stops), default=1) - 1
+        self.stable_ids, self.stable_text = 0, ""  # decoded ids that end on a whole character
+        self.sent = ""
+        self.done = False  # a stop string was seen: nothing more to send before the end
+        self.alive = True
+
+    def on_tokens(self, ids: list[int]) -> bool:
+        if self.done or not self.alive:
+            return self.alive
+        end = len(ids)
+        if self.eos_ids.intersection(ids[self.stable_ids :]):
+            end = next(i for i in range(self.stable_ids, len(ids)) if ids[i] in self.eos_ids)
+            self.done = True
+        tail = self.tokenizer.decode(ids[self.stable_ids : end], skip_special_tokens=False)
+        text = self.stable_text + tail
+        if not tail.endswith("\ufffd"):
+            self.stable_ids, self.stable_text = end, text
+        else:
+            text = text.rstrip("\ufffd")
+        cut, stop = cut_at_first_stop(text, self.stops) if self.stops else (text, None)
+        if stop is not None:
+            safe, self.done = (cut if self.include_stop else cut[: -len(stop)]), True
+        else:
+            safe = text if self.done else text[: max(0, len(text) - self.hold)]
+        delta = safe[len(self.sent) :] if len(safe) > len(self.sent) else ""
+        self.sent += delta
+        self.alive = self.on_text(delta)
+        return self.alive
+
+    def rest(self, content: str) -> str:
+        """What of the final content is still to send."""
+        if not content.startswith(self.sent):  # cannot happen with byte-level BPE; never resend
+            log.error("streamed text %r is not a prefix of the content %r", self.sent[-40:], content[-40:])
+            return ""
+        return content[len(self.sent) :]
 
 
 def serve_generation(
@@ -262,6 +327,10 @@ def serve_generation(
     backend = TransformersBackend.from_pretrained(resolve_model(model), device=device, dtype=dtype)
     server = GenerationServer(backend, host, port, token, model_name=model_name or model)
     serve_until_signal(server, on_ready, also_close=backend.close)
+
+
+def _event(chunk: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
 
 
 class _HTTPServer(TrackingHTTPServer):
@@ -311,11 +380,10 @@ class _Handler(JSONHandler):
                 self.send_json(200, app.models())
                 return
             request = app.parse(parse_json(body))
-            completion = app.complete(request)
             if request.stream:
-                self._send_stream(app.chunks(completion, request.include_usage))
+                self._stream(app, request)
             else:
-                self.send_json(200, app.response(completion))
+                self.send_json(200, app.response(app.complete(request)))
         except ApiError as exc:
             self.send_json(exc.status, exc.body)
         except BodyError as exc:
@@ -327,20 +395,46 @@ class _Handler(JSONHandler):
             message = f"internal server error ({type(exc).__name__}); see the server log"
             self.send_json(500, ApiError(500, message, type_="server_error").body)
 
-    def _send_stream(self, chunks: Iterator[dict[str, Any]]) -> None:
-        """Server-sent events in HTTP/1.1 chunked encoding, so the connection stays reusable."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        events = [f"data: {json.dumps(c, separators=(',', ':'))}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
-        for event in events:
-            data = event.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+    def _stream(self, app: GenerationServer, request: ChatRequest) -> None:
+        """Server-sent events as the text is generated, in HTTP/1.1 chunked encoding so that the connection
+        stays reusable. The response starts with the first piece of text: an error found before (a prompt
+        that fills the context) is still a plain JSON error."""
+        head = app.head()
+        started = False
+
+        def send(chunk: dict[str, Any] | None) -> bool:
+            nonlocal started
+            try:
+                if not started:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Cache-Control", "no-cache")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    started = True
+                data = b"data: [DONE]\n\n" if chunk is None else _event(chunk)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                return True
+            except OSError:  # the client went away: stop generating for it
+                self.close_connection = True
+                return False
+
+        def on_text(delta: str) -> bool:
+            if not started and not send(app.chunk(head, ROLE_DELTA)):
+                return False
+            return send(app.chunk(head, {"content": delta})) if delta else not self.close_connection
+
+        completion = app.complete(request, on_text, head)
+        if self.close_connection:
+            return
+        for chunk in app.chunks(completion, request.include_usage, role_sent=started):
+            if not send(chunk):
+                return
+        if send(None):
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors found by `http.server` itself (bad request line, huge headers) as JSON too."""

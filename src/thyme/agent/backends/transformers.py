@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,19 @@ class _RepetitionStop(StoppingCriteria):
         return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
 
+class _TokenSink(StoppingCriteria):
+    """Hands the new token ids of a one-row generation to `on_tokens` after every step (a server streams
+    them); the generation stops when it returns False (the client went away)."""
+
+    def __init__(self, prompt_len: int, on_tokens: Callable[[list[int]], bool]) -> None:
+        self.prompt_len = prompt_len
+        self.on_tokens = on_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        keep = self.on_tokens(input_ids[0, self.prompt_len :].tolist())
+        return torch.full((input_ids.shape[0],), not keep, dtype=torch.bool, device=input_ids.device)
+
+
 class TransformersBackend:
     """Local generation with `AutoModelForImageTextToText` and the checkpoint's processor.
 
@@ -122,8 +135,9 @@ class TransformersBackend:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
         self._lock = threading.Lock()  # one generate() at a time: the model and tokenizer are not thread safe
-        # Prompt tokens run through the model (prefill) and those served from a kept KV cache, since load.
-        self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "generate_calls": 0}
+        # Since load: prompt tokens run through the model (prefill) and those served from a kept KV cache,
+        # generate() calls and their decoding steps (one per new token of the longest row).
+        self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "generate_calls": 0, "decode_steps": 0}
 
     @property
     def pixel_bounds(self) -> dict[str, int | None]:
@@ -211,7 +225,11 @@ class TransformersBackend:
         return self._generate_encoded(requests, encoded, start)
 
     def _generate_encoded(
-        self, requests: list[GenerationRequest], encoded: list[_Encoded], start: float
+        self,
+        requests: list[GenerationRequest],
+        encoded: list[_Encoded],
+        start: float,
+        on_tokens: Callable[[list[int]], bool] | None = None,
     ) -> list[Generation]:
         """Generate the encoded rows; rows whose prompt fills the context end with finish_reason "context"."""
         results: list[Generation | None] = [None] * len(requests)
@@ -224,7 +242,7 @@ class TransformersBackend:
                 fitting.append(i)
         if fitting:
             generated = self._run_generate(
-                [requests[i] for i in fitting], [encoded[i] for i in fitting], start
+                [requests[i] for i in fitting], [encoded[i] for i in fitting], start, on_tokens
             )
             for i, generation in zip(fitting, generated, strict=True):
                 results[i] = generation
@@ -237,24 +255,28 @@ class TransformersBackend:
         params: SamplingParams,
         stops: Sequence[str] = (),
         repetition_threshold: float | None = None,
+        on_tokens: Callable[[list[int]], bool] | None = None,
     ) -> Generation:
         """Generate from an already rendered chat prompt (servers handling arbitrary OpenAI messages).
 
         `prompt` must contain one `<|vision_start|><|image_pad|><|vision_end|>` per image, in order.
+        on_tokens: called after every step with all the ids generated so far (streaming); returning False
+        stops the generation there.
         """
         with self._lock:
-            return self._generate_rendered(prompt, images, params, stops, repetition_threshold)
-
-    def _generate_rendered(self, prompt, images, params, stops, repetition_threshold) -> Generation:
-        start = time.perf_counter()
-        enc = self._tokenize(prompt, list(images))
-        request = GenerationRequest(
-            Conversation(system="", user=()), params, tuple(stops), repetition_threshold
-        )
-        return self._generate_encoded([request], [enc], start)[0]
+            start = time.perf_counter()
+            enc = self._tokenize(prompt, list(images))
+            request = GenerationRequest(
+                Conversation(system="", user=()), params, tuple(stops), repetition_threshold
+            )
+            return self._generate_encoded([request], [enc], start, on_tokens)[0]
 
     def _run_generate(
-        self, requests: list[GenerationRequest], encoded: list[_Encoded], start: float
+        self,
+        requests: list[GenerationRequest],
+        encoded: list[_Encoded],
+        start: float,
+        on_tokens: Callable[[list[int]], bool] | None = None,
     ) -> list[Generation]:
         params, stops = requests[0].params, requests[0].stops
         longest = max(len(e.ids) for e in encoded)
@@ -285,6 +307,11 @@ class TransformersBackend:
             cfg = RepetitionConfig(threshold=requests[0].repetition_threshold)
             repetition = _RepetitionStop(len(requests), cfg)
             stopping.append(repetition)
+        prompt_len = inputs["input_ids"].shape[1]
+        if on_tokens is not None:
+            if len(requests) != 1:
+                raise ValueError("on_tokens streams one row; generate the rows one by one")
+            stopping.append(_TokenSink(prompt_len, on_tokens))
         sampling = _sampling_kwargs(params)
         with _seeded(params.seed):
             out = self.model.generate(
@@ -298,8 +325,8 @@ class TransformersBackend:
                 pad_token_id=self.pad_id,
                 **sampling,
             )
-        prompt_len = inputs["input_ids"].shape[1]
         duration = time.perf_counter() - start
+        self.stats["decode_steps"] += out.sequences.shape[1] - prompt_len
         results = []
         for row, (request, enc) in enumerate(zip(requests, encoded, strict=True)):
             new_ids = out.sequences[row, prompt_len:].tolist()
