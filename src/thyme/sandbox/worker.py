@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,7 +227,7 @@ def _processed_paths(value: Any) -> list[str]:
 
 
 def branch(
-    sock: socket.socket, hello: dict[str, Any], prepare: Any, isolate: bool = True
+    sock: socket.socket, hello: dict[str, Any], prepare: Callable[[], None], isolate: bool = True
 ) -> tuple[socket.socket | None, int]:
     """Fork this process. The child runs `prepare()`, then hands the caller one end of a fresh socket pair
     with `hello` over the inherited channel and keeps the other; it returns (its new channel, 0). The
