@@ -278,10 +278,8 @@ class _LiveText:
     def on_tokens(self, ids: list[int]) -> bool:
         if self.done or not self.alive:
             return self.alive
-        end = len(ids)
-        if self.eos_ids.intersection(ids[self.stable_ids :]):
-            end = next(i for i in range(self.stable_ids, len(ids)) if ids[i] in self.eos_ids)
-            self.done = True
+        end = next((i for i in range(self.stable_ids, len(ids)) if ids[i] in self.eos_ids), len(ids))
+        self.done = end < len(ids)
         tail = self.tokenizer.decode(ids[self.stable_ids : end], skip_special_tokens=False)
         text = self.stable_text + tail
         if not tail.endswith("\ufffd"):
