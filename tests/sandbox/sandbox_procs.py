@@ -1,7 +1,8 @@
-"""Process checks the sandbox tests share: is a pid still running, and wait until some are gone."""
+"""Process checks the sandbox tests share: is a pid alive, wait until some are gone, who runs as a uid."""
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -21,3 +22,19 @@ def wait_dead(pids: set[int], within: float = 5.0) -> set[int]:
         pids = {p for p in pids if pid_alive(p)}
         time.sleep(0.02)
     return pids
+
+
+def uid_processes(uid: int) -> set[int]:
+    """Live processes whose real uid is `uid`."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in ("Z", "X"):
+            found.add(int(entry))
+    return found

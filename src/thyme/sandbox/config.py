@@ -33,7 +33,8 @@ class SandboxConfig:
                          fork has a quota of its own. Enforced where the `disk_quota` layer is active.
     output_files:        files and directories one session's output directory may hold (ENOSPC beyond).
     open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
-    max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available).
+    max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available;
+                         a root parent without cgroups caps the lineage's own uid with RLIMIT_NPROC).
     png_compress_level:  zlib level (0-9) of PNGs that model code saves without choosing one; None keeps
                          PIL's 6. Saved images are read once, for the next model turn, so the default is 1,
                          the level OpenCV's `imwrite` uses too: the same pixels (PNG is lossless) at a

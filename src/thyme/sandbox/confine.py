@@ -64,6 +64,8 @@ def apply_limits(limits: dict[str, Any]) -> None:
         resource.RLIMIT_CPU: int(limits.get("cpu_s") or 0),
         resource.RLIMIT_FSIZE: int(limits.get("file_mb") or 0) << 20,
         resource.RLIMIT_NOFILE: int(limits.get("open_files") or 0),
+        # Counted per uid, so it caps a worker's lineage only where that uid is its own (root parents).
+        resource.RLIMIT_NPROC: int(limits.get("processes") or 0),
         resource.RLIMIT_CORE: 0,
     }
     for which, value in settings.items():
@@ -96,7 +98,6 @@ def confine_session(inputs: Iterable[str], write_dirs: Iterable[str]) -> dict[st
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-UID_BASE, UID_COUNT = 61000, 1000
 
 
 def _traversable(path: str) -> bool:

@@ -24,10 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
-from thyme.sandbox.confine import TRASH_DIR, UID_BASE, UID_COUNT
+from thyme.sandbox.confine import TRASH_DIR
 from thyme.sandbox.layers import Layer, detect_layers, missing_required
 from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
 from thyme.sandbox.session import Home, Session
+from thyme.sandbox.uids import UidPool
 from thyme.sandbox.watch import Watcher
 
 
@@ -41,12 +42,17 @@ class Sandbox:
         if self.config.root_dir is not None:
             self.config.root_dir.mkdir(parents=True, exist_ok=True)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="thyme-sandbox-", dir=self.config.root_dir))
-        # Under a root parent every worker drops to its own uid from a pool; they must be able to walk
-        # down to their session directory (but not list the others).
+        # Under a root parent every worker drops to a uid of its own, leased machine-wide; they must be
+        # able to walk down to their session directory (but not list the others).
         self.drop_uid = os.geteuid() == 0
+        self.uids: UidPool | None = None
         if self.drop_uid:
             self.root.chmod(0o711)
-        self._uids = itertools.cycle(range(UID_BASE, UID_BASE + UID_COUNT))
+            try:
+                self.uids = UidPool(reaper=self._reap_uid)
+            except (SandboxError, OSError):
+                shutil.rmtree(self.root, ignore_errors=True)
+                raise
         self.watcher = Watcher()  # one inotify descriptor for the output trees of all sessions
         self.images_root = self.root / "images"  # the caller's copies of collected images, per session
         self.images_root.mkdir(mode=0o700)
@@ -72,9 +78,12 @@ class Sandbox:
         except SandboxError:
             self._closed = True
             self.watcher.close()
+            self._release_uids()
             shutil.rmtree(self.root, ignore_errors=True)
             raise
         self._cgroups, cgroup_detail = Cgroups.create(self.root.name)
+        if self.uids is not None and self._cgroups is None:  # a lineage's uid is its own: cap it there
+            self._limits["processes"] = cfg.max_processes
         self.layers: tuple[Layer, ...] = detect_layers(
             self._zygote.namespaces,
             cfg.forkable,
@@ -89,6 +98,7 @@ class Sandbox:
             if self._cgroups is not None:
                 self._cgroups.close()
             self.watcher.close()
+            self._release_uids()
             shutil.rmtree(self.root, ignore_errors=True)
             self._closed = True
             names = ", ".join(layer.name for layer in missing)
@@ -180,12 +190,18 @@ class Sandbox:
 
     def _spawn(self) -> WorkerHandle:
         limits = dict(self._limits)
-        if self.drop_uid:
-            limits["uid"] = next(self._uids)
+        if self.uids is not None:
+            limits["uid"] = self.uids.acquire()
         try:
-            handle = self._zygote.spawn(limits)
-        except SandboxError:  # restart a zygote that died, once, then give up loudly
-            handle = self._live_zygote().spawn(limits)
+            try:
+                handle = self._zygote.spawn(limits)
+            except SandboxError:  # restart a zygote that died, once, then give up loudly
+                handle = self._live_zygote().spawn(limits)
+        except BaseException:
+            if self.uids is not None:
+                self.uids.release(limits["uid"])
+            raise
+        handle.uid_pool = self.uids
         self.enclose(handle)
         return handle
 
@@ -263,12 +279,25 @@ class Sandbox:
         for made in [*pool, *homes]:
             _discard(made)
         self._encloser.shutdown(wait=True)
+        self._release_uids()  # reaps what the sessions left behind, so before the zygote goes
         self._zygote.close()
         self._refiller.join(timeout=5)
         if self._cgroups is not None:
             self._cgroups.close()
         self.watcher.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _reap_uid(self, uid: int) -> None:
+        """Kill whatever still runs as the worker uid `uid` (the pool's reaper thread calls this)."""
+        zygote = self._zygote
+        if not zygote.alive and not self._closed:
+            zygote = self._live_zygote()
+        zygote.reap(uid)
+
+    def _release_uids(self) -> None:
+        """Finish reaping and give the leased uid blocks back to the machine (every worker is dead)."""
+        if self.uids is not None:
+            self.uids.close()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from thyme.sandbox import landlock, seccomp
-from thyme.sandbox.confine import UID_BASE, UID_COUNT
+from thyme.sandbox.uids import UID_BASE, UID_COUNT
 
 # Layers this build enforces and therefore refuses to run without (unless allow_weak_isolation).
 REQUIRED = ("landlock", "namespaces", "seccomp", "uid")
@@ -58,7 +58,16 @@ def detect_layers(
             "out-of-process worker forked from a fresh zygote; empty environment, inherited descriptors "
             "closed, stdin /dev/null, own session",
         ),
-        Layer("rlimits", True, "address space, CPU seconds, file size, open files; no core dumps"),
+        Layer(
+            "rlimits",
+            True,
+            "address space, CPU seconds, file size, open files; no core dumps"
+            + (
+                "; processes and threads (RLIMIT_NPROC on the lineage's own uid, as no cgroup counts them)"
+                if drop_uid and not cgroups
+                else ""
+            ),
+        ),
         Layer("wall_clock", True, "SIGKILL through a pidfd when timeout_s passes, also for C loops"),
         Layer(
             "collector", True, "outputs opened without following links, size/pixel/aspect caps, copied out"
@@ -69,8 +78,9 @@ def detect_layers(
         Layer(
             "uid",
             True,
-            f"root parent: each worker drops to its own uid ({UID_BASE}-{UID_BASE + UID_COUNT - 1}), "
-            "no capabilities; it sees the runtime through a private mount namespace"
+            f"root parent: each worker drops to a uid no other live worker on this machine has "
+            f"({UID_BASE}-{UID_BASE + UID_COUNT - 1}, leased in blocks), no capabilities; "
+            "it sees the runtime through a private mount namespace"
             if drop_uid
             else f"the caller is unprivileged (uid {os.getuid()}); workers run as that uid",
             required=True,
@@ -93,6 +103,15 @@ def detect_layers(
             f"{cgroup_detail}: per-worker memory and pids limits; the whole process tree is killed at the end"
             if cgroups
             else f"missing: {cgroup_detail}; rlimits still cap each process",
+        ),
+        Layer(
+            "reaper",
+            drop_uid,
+            "root parent: a worker lineage's uid is its own, so once its last process is killed every "
+            "process still running as that uid is killed too (kill(-1) from that uid), wherever it fled"
+            if drop_uid
+            else "missing: workers share the caller's uid; processes model code starts die with their "
+            "cgroup where there is one, else when the sandbox closes (unless they left its process group)",
         ),
         Layer(
             "disk_quota",

@@ -19,9 +19,13 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from thyme.sandbox import wire
 from thyme.sandbox.cgroups import WorkerCgroup
+
+if TYPE_CHECKING:
+    from thyme.sandbox.uids import UidPool
 
 MAX_REPLY_BYTES = 32 << 20
 ZYGOTE_START_TIMEOUT_S = 60.0
@@ -64,6 +68,7 @@ class WorkerHandle:
     pidfd: int | None
     cgroup: WorkerCgroup | None = None
     uid: int | None = None  # the unprivileged uid the worker dropped to (root parents only)
+    uid_pool: UidPool | None = None  # who gets `uid` back once this process is killed
     zygote: Zygote | None = None  # whose mount namespace the worker lives in
 
     @classmethod
@@ -84,6 +89,9 @@ class WorkerHandle:
         if self.cgroup is not None:  # whatever model code started dies with the worker
             self.cgroup.kill_all()
             self.cgroup = None
+        if self.uid_pool is not None and self.uid is not None:
+            self.uid_pool.release(self.uid)
+            self.uid_pool = None
 
 
 @dataclass
@@ -167,15 +175,19 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def spawn(self, limits: dict) -> WorkerHandle:
+    def _ask(self, request: dict) -> tuple[dict, list[int]]:
+        """One request and its reply (with the descriptors that came along) on the control socket."""
         with self._lock:
             try:
-                wire.send_frame(self.sock, {"op": "spawn", "limits": limits})
-                reply, fds = wire.recv_frame_blocking(self.sock, 1 << 16)
+                wire.send_frame(self.sock, request)
+                return wire.recv_frame_blocking(self.sock, 1 << 16)
             except (OSError, wire.WireError) as exc:
                 raise SandboxError(
                     f"the sandbox zygote stopped answering ({exc}); see {self.log_path}"
                 ) from None
+
+    def spawn(self, limits: dict) -> WorkerHandle:
+        reply, fds = self._ask({"op": "spawn", "limits": limits})
         if len(fds) != 1 or not isinstance(reply.get("pid"), int):
             for fd in fds:
                 os.close(fd)
@@ -184,6 +196,15 @@ class Zygote:
         handle.uid = limits.get("uid")
         handle.zygote = self
         return handle
+
+    def reap(self, uid: int) -> None:
+        """Kill every process running as the worker uid `uid` (see `thyme.sandbox.zygote.reap`)."""
+        reply, fds = self._ask({"op": "reap", "uid": uid})
+        for fd in fds:
+            os.close(fd)
+        if reply.get("ok") is not True:
+            error = reply.get("error", "bad reply")
+            raise SandboxError(f"could not kill the processes of uid {uid}: {error}")
 
     def mount(self, path: pathlib.Path, size_mb: int, files: int) -> OutputMount:
         """Mount a capped tmpfs over the output directory `path`, where this zygote's workers see it."""

@@ -416,6 +416,9 @@ class Session:
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
             child._handle = handle
             child._handle.uid = self._handle.uid  # a fork keeps its parent's uid and namespaces
+            child._handle.uid_pool = self._handle.uid_pool
+            if child._handle.uid_pool is not None and child._handle.uid is not None:
+                child._handle.uid_pool.retain(child._handle.uid)
             child._handle.zygote = self._handle.zygote
             child._enclosing = self._sandbox.enclose_later(child._handle)
             child._calls = self._calls
@@ -480,8 +483,8 @@ class Session:
         if new is None:
             self._discard_worker()
             raise SandboxError("forking the session failed: the worker answered out of protocol")
-        new.uid, new.zygote, new.cgroup = old.uid, old.zygote, old.cgroup
-        old.cgroup = None  # the cgroup now holds the copy: kill the old process alone
+        new.uid, new.uid_pool, new.zygote, new.cgroup = old.uid, old.uid_pool, old.zygote, old.cgroup
+        old.cgroup = old.uid_pool = None  # the copy holds both now: kill the old process alone
         old.kill()
         self._handle = new
 

@@ -8,6 +8,8 @@ Protocol on its control socket (FD):
 
     {"ready", "namespaces", "quota_error", "mounter"} (+ the mounter's socket)   the greeting, once
     {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker
+    {"op": "reap", "uid": N}          ->  {"ok": true} once every process running as the worker uid N is
+                                          killed (root parents; N must lie in the sandbox's uid range)
 
 The mounts are made by the mounter, a child forked right after the namespaces were entered (so it lives in
 the workers' mount namespace), because a mount must not wait behind the fork of a worker. On its socket:
@@ -24,6 +26,7 @@ process group, workers included, so no model code outlives the sandbox that owns
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -83,6 +86,35 @@ def spawn(ctl: socket.socket, limits: dict, mount_error: str | None) -> None:
 
     wire.send_frame(ctl, {"pid": pid}, fds=(theirs.fileno(),))
     theirs.close()
+
+
+def reap(ctl: socket.socket, uid: object) -> None:
+    """Kill every process that runs as the worker uid `uid`, whatever process group or session it fled to.
+
+    The zygote (root, single-threaded) takes `uid` as its real and effective uid for one call, keeping 0 as
+    its saved uid (the way back). With a non-root effective uid it holds no effective capability, so
+    kill(-1, SIGKILL) reaches exactly the processes of `uid` (and never the zygote itself). The kernel sends
+    it under the task-list lock, and a process with SIGKILL pending can no longer fork, so a fork loop
+    cannot outrun it. No fork, no exec: microseconds. Only uids of the sandbox's own range are accepted:
+    the same call as root, or as a real user, would kill far more.
+    """
+    from thyme.sandbox import wire
+    from thyme.sandbox.uids import UID_BASE, UID_COUNT
+
+    if not isinstance(uid, int) or not UID_BASE <= uid < UID_BASE + UID_COUNT or os.getuid() != 0:
+        wire.send_frame(ctl, {"ok": False, "error": f"refusing to reap uid {uid!r}: not a sandbox uid here"})
+        return
+    try:
+        os.setresuid(uid, uid, 0)
+        try:
+            with contextlib.suppress(ProcessLookupError):  # ESRCH: nothing left to kill
+                os.kill(-1, signal.SIGKILL)
+        finally:
+            os.setresuid(0, 0, 0)
+    except OSError as exc:
+        wire.send_frame(ctl, {"ok": False, "error": f"could not reap uid {uid}: {exc}"})
+        return
+    wire.send_frame(ctl, {"ok": True})
 
 
 def start_mounter(ctl: socket.socket, root: str) -> tuple[int, socket.socket]:
@@ -156,9 +188,12 @@ def main() -> None:
             break
         for fd in fds:
             os.close(fd)
-        if msg.get("op") != "spawn":
+        if msg.get("op") == "spawn":
+            spawn(ctl, dict(msg.get("limits") or {}), mount_error)
+        elif msg.get("op") == "reap":
+            reap(ctl, msg.get("uid"))
+        else:
             break
-        spawn(ctl, dict(msg.get("limits") or {}), mount_error)
     os.killpg(0, signal.SIGKILL)  # the workers, and the mounter: it never left this process group
 
 
