@@ -1,15 +1,16 @@
 """A functional self-test of the sandbox on this machine, used by `thyme sandbox check`.
 
 It starts a real sandbox (with a small disk quota) and checks the behaviours every consumer relies on: the
-confinement probes below (and the quota, and a parent sealed off its fork, where those layers are active),
-code runs out of process, state persists, an image is produced and collected, a runaway loop is killed on
-time, and a crash is an error result rather than a hang. The confinement attack suite lives in the tests;
-this is the quick check.
+confinement probes below (and the quota, a parent sealed off its fork, and a process that fled its session
+dying with it, where those layers are active), code runs out of process, state persists, an image is
+produced and collected, a runaway loop is killed on time, and a crash is an error result rather than a
+hang. The confinement attack suite lives in the tests; this is the quick check.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import tempfile
 import time
 from typing import Any
@@ -39,6 +40,30 @@ QUOTA_PROBE = (
     + _TRY.format(action=f"open('fill.bin', 'wb').write(bytes({2 * SELFTEST_OUTPUT_MB} << 20))")
     + "\nos.remove('fill.bin')"
 )
+
+# Run where the cgroup or reaper layer is active: a child that leaves the session's process group and
+# would sleep on (it ends by itself after 30 s in any case).
+LEFTOVER_PROBE = (
+    "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(30)\n    os._exit(0)\n"
+    "print(pid)"
+)
+
+
+def _leftover_dies(sandbox: Sandbox, image: str) -> tuple[bool, str]:
+    """Start LEFTOVER_PROBE, close its session, and watch the child through a pidfd (no pid reuse)."""
+    with sandbox.session(inputs=[image]) as s:
+        r = s.run(LEFTOVER_PROBE)
+        try:
+            pidfd = os.pidfd_open(int(r.stdout))
+        except (ValueError, OSError):
+            return False, f"the probe did not start: {r.stdout.strip() or r.error}"
+    start = time.monotonic()
+    try:
+        gone = bool(select.select([pidfd], [], [], 3.0)[0])
+    finally:
+        os.close(pidfd)
+    took = time.monotonic() - start
+    return gone, f"gone {took * 1e3:.0f} ms after its session closed" if gone else "still running after 3 s"
 
 
 def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> dict[str, Any]:
@@ -110,4 +135,6 @@ def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> 
                 check("crash is an error", r.error is not None and not r.timed_out, (r.error or "")[:60])
                 r = s.run("print('alive')")
                 check("recovers after crash", r.stdout.strip() == "alive" and r.restarted, r.stdout.strip())
+            if {"cgroup", "reaper"} & set(sandbox.isolation):
+                check("what it started dies with it", *_leftover_dies(sandbox, image))
     return {"layers": layers, "checks": checks}
