@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,24 @@ def test_sandbox_check_reports_layers_and_passes_selftest():
     assert names["process"] is True and names["wall_clock"] is True
     assert "seccomp" in names  # reported, active or not
     assert report["checks"] and all(c["passed"] for c in report["checks"])
+
+
+def test_sandbox_check_runs_the_selftest_in_the_filesystem_view_or_says_why_not():
+    result = thyme("sandbox", "check", "--json", "--filesystem", "view")
+    report = json.loads(result.stdout)
+    view = next(layer for layer in report["layers"] if layer["name"] == "fs_view")
+    if os.geteuid() == 0:
+        assert result.returncode == 0, result.stderr
+        assert view["active"] and all(c["passed"] for c in report["checks"])
+    else:  # an ordinary user gets no view: the check fails and says why
+        assert result.returncode == 1 and not view["active"] and "root parent" in view["detail"]
+
+
+def test_sandbox_commands_refuse_an_unknown_filesystem_in_one_line():
+    result = thyme("sandbox", "check", "--filesystem", "chroot")
+    assert result.returncode == 2
+    expected = "error: SandboxConfig.filesystem='chroot': use one of auto, landlock, view"
+    assert result.stderr.strip() == expected
 
 
 def test_sandbox_exec_runs_files_in_one_session(tmp_path, small_png):

@@ -271,17 +271,31 @@ def synth(
     )
 
 
+# One definition of the sandbox's filesystem choice for every `thyme sandbox` command.
+FILESYSTEM_OPTION = typer.Option(
+    "auto",
+    "--filesystem",
+    help="What confines the files code sees: landlock, view (a root parent's mount-namespace view, "
+    "Landlock's stand-in on kernels without it), or auto (Landlock where the kernel has it).",
+)
+
+
 @sandbox_app.command("check")
 def sandbox_check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Do not fail when a required confinement layer is missing."
     ),
+    filesystem: str = FILESYSTEM_OPTION,
 ) -> None:
     """Print the confinement layers active on this machine and run a confinement self-test."""
     from thyme.sandbox.selftest import run_selftest
 
-    report = run_selftest(allow_weak_isolation=allow_weak_isolation)
+    try:
+        report = run_selftest(allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
+    except ValueError as exc:
+        err_console.print(f"error: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
     if as_json:
         console.print_json(json.dumps(report))
     else:
@@ -317,6 +331,7 @@ def sandbox_exec(
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Run even when a required confinement layer is missing."
     ),
+    filesystem: str = FILESYSTEM_OPTION,
 ) -> None:
     """Run Python files in one sandbox session (variables persist from file to file)."""
     import shutil
@@ -328,10 +343,12 @@ def sandbox_exec(
             err_console.print(f"error: {path} is not a file; pass existing paths", markup=False)
             raise typer.Exit(2)
     failed = False
-    config = SandboxConfig(timeout_s=timeout, pool_size=0, allow_weak_isolation=allow_weak_isolation)
     try:
+        config = SandboxConfig(
+            timeout_s=timeout, pool_size=0, allow_weak_isolation=allow_weak_isolation, filesystem=filesystem
+        )
         sandbox = Sandbox(config)
-    except SandboxError as exc:
+    except (ValueError, SandboxError) as exc:
         err_console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     with sandbox, sandbox.session(inputs=image) as s:
@@ -384,6 +401,7 @@ def sandbox_serve(
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Run even when a required confinement layer is missing."
     ),
+    filesystem: str = FILESYSTEM_OPTION,
 ) -> None:
     """Serve sandbox sessions over HTTP (create, run, fork, close) until Ctrl-C or SIGTERM."""
     import contextlib
@@ -402,7 +420,9 @@ def sandbox_serve(
             idle_ttl_s=idle_ttl,
             max_sessions=max_sessions,
         )
-        sandbox = Sandbox(SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation))
+        sandbox = Sandbox(
+            SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
+        )
     except (ValueError, SandboxError) as exc:
         err_console.print(f"error: {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None

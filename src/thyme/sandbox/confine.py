@@ -23,7 +23,7 @@ import errno
 import os
 import resource
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from thyme.sandbox import landlock
@@ -126,11 +126,12 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def enter_mount_namespace(sandbox_root: str) -> str | None:
+def enter_mount_namespace(sandbox_root: str, runtime_view: bool = True) -> str | None:
     """Give the zygote (and so every worker) a private mount namespace; None, or why it could not.
 
     As an ordinary user this works only inside the user namespace of `enter_namespaces`. Under a root parent
-    the runtime is made reachable for the workers' uids here, once, instead of in every worker.
+    the runtime is made reachable for the workers' uids here, once, instead of in every worker (unless
+    `runtime_view` is False: the filesystem view, `thyme.sandbox.fsview`, does that itself).
     """
     if _libc.unshare(CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
@@ -138,7 +139,7 @@ def enter_mount_namespace(sandbox_root: str) -> str | None:
         return f"unshare(CLONE_NEWNS): {os.strerror(err)}{hint}"
     try:
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        if os.getuid() == 0:
+        if os.getuid() == 0 and runtime_view:
             enter_runtime_view([*runtime_read_dirs(), sandbox_root])
     except OSError as exc:
         return str(exc)
@@ -192,7 +193,8 @@ def mount_output(sandbox_root: str, path: str, size_mb: int, files: int) -> int:
             if not (_own(parent) and _own(target)):
                 raise OSError(errno.EPERM, f"{path}: a directory on the way is not the sandbox's own")
             options = f"size={size_mb}m,nr_inodes={files + 1},mode=0700"  # the root directory is one inode
-            _mount("tmpfs", f"/proc/self/fd/{target}", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options)
+            with _inside(target):  # no /proc here in the filesystem view: mount on the cwd instead
+                _mount("tmpfs", ".", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options)
         finally:
             os.close(target)
         # A lookup by name crosses into the mount just made (the O_PATH descriptor stays below it).
@@ -224,7 +226,18 @@ def _own(fd: int) -> bool:
 
 def unmount_output(fd: int) -> None:
     """Detach the tmpfs whose root `fd` is (a descriptor `mount_output` returned, handed back)."""
-    _libc.umount2(f"/proc/self/fd/{fd}".encode(), MNT_DETACH)
+    with contextlib.suppress(OSError), _inside(fd):
+        _libc.umount2(b".", MNT_DETACH)
+
+
+@contextlib.contextmanager
+def _inside(fd: int) -> Iterator[None]:
+    """Work in the directory `fd` (a path "." names it exactly), then go back to the root."""
+    os.fchdir(fd)
+    try:
+        yield
+    finally:
+        os.chdir("/")
 
 
 # Below the sandbox root: the mount points of closed sessions, moved there by the caller, so that removing a

@@ -22,6 +22,7 @@ import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from thyme.sandbox import landlock
 from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.confine import TRASH_DIR
@@ -73,8 +74,13 @@ class Sandbox:
         self._encloser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="thyme-cgroup")
         self._wanted = threading.Condition(self._lock)
         self._closed = False
+        # Landlock confines the files model code sees; where the kernel lacks it, a root parent's zygote
+        # builds the filesystem view instead (thyme.sandbox.fsview).
+        self._view = cfg.filesystem == "view" or (
+            cfg.filesystem == "auto" and landlock.abi_version() == 0 and self.drop_uid
+        )
         try:
-            self._zygote = Zygote(self.root / "zygote.log", self.root)
+            self._zygote = self._start_zygote()
         except SandboxError:
             self._closed = True
             self.watcher.close()
@@ -91,6 +97,7 @@ class Sandbox:
             cgroup_detail,
             self.drop_uid,
             self._zygote.quota_error,
+            self._zygote.view_error if self._view else "",
         )
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:
@@ -108,7 +115,7 @@ class Sandbox:
             )
         active = set(self.isolation)
         self.landlock, self.seccomp = "landlock" in active, "seccomp" in active
-        self.disk_quota = "disk_quota" in active
+        self.fs_view, self.disk_quota = "fs_view" in active, "disk_quota" in active
         self._refiller = threading.Thread(target=self._refill_loop, name="thyme-sandbox-pool", daemon=True)
         self._refiller.start()
 
@@ -177,8 +184,11 @@ class Sandbox:
                 raise RuntimeError("this Sandbox is closed")
             if not self._zygote.alive:
                 self._zygote.close()
-                self._zygote = Zygote(self.root / "zygote.log", self.root)
+                self._zygote = self._start_zygote()
             return self._zygote
+
+    def _start_zygote(self) -> Zygote:
+        return Zygote(self.root / "zygote.log", self.root, view=self._view)
 
     def _take_worker(self) -> WorkerHandle:
         with self._lock:

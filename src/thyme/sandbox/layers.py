@@ -17,7 +17,7 @@ from thyme.sandbox import landlock, seccomp
 from thyme.sandbox.uids import UID_BASE, UID_COUNT
 
 # Layers this build enforces and therefore refuses to run without (unless allow_weak_isolation).
-REQUIRED = ("landlock", "namespaces", "seccomp", "uid")
+REQUIRED = ("landlock", "namespaces", "seccomp", "uid")  # fs_view stands in for landlock where it is used
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,36 @@ def detect_layers(
     cgroup_detail: str,
     drop_uid: bool,
     quota_error: str | None,
+    view_error: str | None = "",
 ) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces` (and could mount output
-    quotas unless `quota_error` says why not)."""
+    quotas unless `quota_error` says why not). `view_error` is "" when the filesystem view was not asked
+    for, None when the zygote entered it, else why it could not."""
     abi = landlock.abi_version()
-    ll_detail = (
-        f"ABI {abi}: read-only runtime and inputs, read-write output tree only"
-        + ("; TCP bind/connect denied" if abi >= 4 else "; TCP not covered (ABI < 4)")
-        + ("; signals and abstract sockets scoped" if abi >= 6 else "")
-        if abi
-        else "missing: the kernel has no Landlock (needs Linux >= 5.13 with landlock in the LSM list)"
-    )
+    view = view_error != ""
+    if view:
+        ll_detail = "not used: the filesystem view confines files instead (filesystem='view' or no Landlock)"
+    elif abi:
+        ll_detail = (
+            f"ABI {abi}: read-only runtime and inputs, read-write output tree only"
+            + ("; TCP bind/connect denied" if abi >= 4 else "; TCP not covered (ABI < 4)")
+            + ("; signals and abstract sockets scoped" if abi >= 6 else "")
+        )
+    else:
+        ll_detail = (
+            "missing: the kernel has no Landlock (needs Linux >= 5.13 with landlock in the LSM list); "
+            "a root parent would use the filesystem view instead"
+        )
+    if not view:
+        view_detail = "not used: Landlock confines files" if abi else "missing: it needs a root parent"
+    elif view_error is None:
+        view_detail = (
+            "root parent without Landlock: the zygote pivoted into a tmpfs root holding only the runtime "
+            "(read-only) and the sandbox tree, where each session's uid owns only its own directories"
+        )
+    else:
+        view_detail = f"missing: {view_error}"
+
     ns_detail = (
         f"private {', '.join(namespaces)} namespace(s): no network interface, no shared IPC"
         if "net" in namespaces
@@ -73,7 +92,8 @@ def detect_layers(
             "collector", True, "outputs opened without following links, size/pixel/aspect caps, copied out"
         ),
         Layer("no_new_privs", abi > 0, "set before Landlock; setuid binaries cannot gain privileges"),
-        Layer("landlock", abi > 0, ll_detail, required=True),
+        Layer("landlock", abi > 0 and not view, ll_detail, required=not view),
+        Layer("fs_view", view and view_error is None, view_detail, required=view),
         Layer("namespaces", "net" in namespaces, ns_detail, required=True),
         Layer(
             "uid",

@@ -124,7 +124,9 @@ class OutputMount:
 class Zygote:
     """The warm interpreter that forks workers and mounts output quotas; see `thyme.sandbox.zygote`."""
 
-    def __init__(self, log_path: pathlib.Path, root: pathlib.Path, namespaces: bool = True) -> None:
+    def __init__(
+        self, log_path: pathlib.Path, root: pathlib.Path, namespaces: bool = True, view: bool = False
+    ) -> None:
         self._lock = threading.Lock()
         self._mounter: socket.socket | None = None  # the zygote's child that mounts output quotas
         self._mounter_lock = threading.Lock()
@@ -134,9 +136,11 @@ class Zygote:
         src_root = str(pathlib.Path(__file__).resolve().parents[2])
         env = dict(_THREAD_CAPS, PYTHONPATH=src_root)
         with open(log_path, "ab") as log:
+            os.fchmod(log.fileno(), 0o600)  # the sandbox root is open to the workers' uids (by name)
             self.proc = subprocess.Popen(
                 [sys.executable, "-s", "-m", "thyme.sandbox.zygote", str(theirs.fileno()), str(root)]
-                + (["--namespaces"] if namespaces else []),
+                + (["--namespaces"] if namespaces else [])
+                + (["--view"] if view else []),
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -162,6 +166,10 @@ class Zygote:
         self.namespaces: list[str] = [str(n) for n in hello.get("namespaces", [])]
         quota_error = hello.get("quota_error")
         self.quota_error: str | None = None if quota_error is None else str(quota_error)
+        # With the filesystem view: the st_dev of its root, which each worker checks, or why it failed.
+        view_dev, view_error = hello.get("view_dev"), hello.get("view_error")
+        self.view_dev: int | None = view_dev if isinstance(view_dev, int) else None
+        self.view_error: str | None = None if view_error is None else str(view_error)
         # Mounts go to the mounter, so that they never wait behind the fork of a worker.
         if fds and quota_error is None and isinstance(hello.get("mounter"), int):
             self._mounter, self.mounter_pid = socket.socket(fileno=fds.pop()), hello["mounter"]

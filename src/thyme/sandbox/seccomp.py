@@ -44,6 +44,9 @@ DENIED = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon",
     "swapoff", "acct", "quotactl", "syslog", "name_to_handle_at", "open_by_handle_at", "setrlimit",
     "iopl", "ioperm", "lookup_dcookie", "vhangup", "settimeofday", "clock_settime", "adjtimex",
+    # New symlinks, FIFOs and device nodes: Landlock's policy grants none of them, and the filesystem view
+    # (its stand-in) must refuse them too.
+    "symlink", "symlinkat", "mknod", "mknodat",
 )  # fmt: skip
 PROCESS_CREATION = ("fork", "vfork")
 # Changing metadata by path. Landlock does not cover it, so a worker running as the caller's own uid could

@@ -66,7 +66,9 @@ def _leftover_dies(sandbox: Sandbox, image: str) -> tuple[bool, str]:
     return gone, f"gone {took * 1e3:.0f} ms after its session closed" if gone else "still running after 3 s"
 
 
-def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> dict[str, Any]:
+def run_selftest(
+    timeout_s: float = 1.0, allow_weak_isolation: bool = False, filesystem: str = "auto"
+) -> dict[str, Any]:
     checks: list[dict[str, Any]] = []
 
     def check(name: str, passed: bool, detail: str) -> None:
@@ -76,7 +78,11 @@ def run_selftest(timeout_s: float = 1.0, allow_weak_isolation: bool = False) -> 
         image = os.path.join(tmp, "input.png")
         Image.new("RGB", (640, 480), (200, 30, 30)).save(image)
         config = SandboxConfig(
-            timeout_s=timeout_s, pool_size=1, output_mb=SELFTEST_OUTPUT_MB, allow_weak_isolation=True
+            timeout_s=timeout_s,
+            pool_size=1,
+            output_mb=SELFTEST_OUTPUT_MB,
+            allow_weak_isolation=True,
+            filesystem=filesystem,
         )
         with Sandbox(config) as sandbox:
             layers = [

@@ -137,6 +137,10 @@ class Session:
         if uid is None:
             return
         os.chown(self.forks_dir, uid, uid)  # only the directory: the forks inside keep their own owners
+        staged = self.home / "inputs"
+        if self._sandbox.fs_view and staged.is_dir():  # no Landlock: file permissions keep others out
+            os.chown(staged, uid, uid)
+            staged.chmod(0o500)
         tree = self.output_view  # the host's mount point stays ours: the zygote mounts only over its own
         os.chown(tree, uid, uid)
         for dirpath, dirnames, filenames in os.walk(tree):
@@ -161,6 +165,7 @@ class Session:
                     "max_stdout": cfg.max_stdout_chars,
                     "png_compress_level": cfg.png_compress_level,
                     "landlock": self._sandbox.landlock,
+                    "view_dev": handle.zygote.view_dev if self._sandbox.fs_view and handle.zygote else None,
                     "seccomp": self._sandbox.seccomp,
                     "forkable": cfg.forkable,
                     "deny_metadata": not self._sandbox.drop_uid,
@@ -177,7 +182,11 @@ class Session:
             raise SandboxError(f"a sandbox worker could not start a session: {reply.get('error', 'refused')}")
         enforced = reply.get("enforced")
         sb = self._sandbox
-        layers = {"filesystem": sb.landlock, "seccomp": sb.seccomp, "disk_quota": self._mount is not None}
+        layers = {
+            "filesystem": sb.landlock or sb.fs_view,
+            "seccomp": sb.seccomp,
+            "disk_quota": self._mount is not None,
+        }
         expected = [key for key, on in layers.items() if on]
         if (
             not isinstance(enforced, dict)

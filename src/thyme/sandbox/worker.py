@@ -124,6 +124,8 @@ class SessionState:
         if msg.get("landlock"):
             enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
             self.landlocked, self.layers = True, 1
+        if msg.get("view_dev") is not None:  # the zygote's filesystem view is what this process sees
+            enforced["filesystem"] = os.stat("/").st_dev == msg["view_dev"]
         if msg.get("quota_dev") is not None:  # the capped tmpfs the caller holds is what this process sees
             enforced["disk_quota"] = os.stat(self.output_dir).st_dev == msg["quota_dev"]
         if msg.get("seccomp"):

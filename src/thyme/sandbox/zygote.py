@@ -6,7 +6,8 @@ It never runs model code itself. It enters the namespaces its workers share (`th
 including a private mount namespace for the size-capped output directories of the sessions below ROOT.
 Protocol on its control socket (FD):
 
-    {"ready", "namespaces", "quota_error", "mounter"} (+ the mounter's socket)   the greeting, once
+    {"ready", "namespaces", "quota_error", "view_dev", "view_error", "mounter"} (+ the mounter's socket)
+                                                                           the greeting, once
     {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker
     {"op": "reap", "uid": N}          ->  {"ok": true} once every process running as the worker uid N is
                                           killed (root parents; N must lie in the sandbox's uid range)
@@ -159,10 +160,24 @@ def serve_mounts(sock: socket.socket, root: str) -> None:
             return
 
 
+def _enter_view(root: str, mount_error: str | None) -> tuple[int | None, str | None]:
+    """The filesystem view (`thyme.sandbox.fsview`): its root's st_dev, or why it could not be made."""
+    if mount_error is not None:
+        return None, f"no private mount namespace to build it in: {mount_error}"
+    if os.getuid() != 0:
+        return None, "it needs a root parent: only a uid per session keeps sessions apart inside it"
+    from thyme.sandbox import fsview
+
+    try:
+        return fsview.enter_view(root), None
+    except OSError as exc:
+        return None, str(exc)
+
+
 def main() -> None:
     from thyme.sandbox import wire
 
-    ctl = socket.socket(fileno=int(sys.argv[1]))  # argv: FD ROOT [--namespaces]
+    ctl = socket.socket(fileno=int(sys.argv[1]))  # argv: FD ROOT [--namespaces] [--view]
     root = sys.argv[2]
     _become_subreaper()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -170,11 +185,22 @@ def main() -> None:
     from thyme.sandbox import confine
 
     namespaces = confine.enter_namespaces() if "--namespaces" in sys.argv else []
-    mount_error = confine.enter_mount_namespace(root)
+    view = "--view" in sys.argv
+    mount_error = confine.enter_mount_namespace(root, runtime_view=not view)
     if mount_error is None:
         namespaces.append("mnt")
+    view_dev, view_error = None, None
+    if view:
+        view_dev, view_error = _enter_view(root, mount_error)
     quota_error = mount_error or confine.probe_output_mount(root)
-    hello = {"ready": True, "pid": os.getpid(), "namespaces": namespaces, "quota_error": quota_error}
+    hello = {
+        "ready": True,
+        "pid": os.getpid(),
+        "namespaces": namespaces,
+        "quota_error": quota_error,
+        "view_dev": view_dev,
+        "view_error": view_error,
+    }
     if quota_error is None:
         hello["mounter"], mounter = start_mounter(ctl, root)
         wire.send_frame(ctl, hello, fds=(mounter.fileno(),))
