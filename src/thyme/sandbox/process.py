@@ -76,6 +76,12 @@ class WorkerHandle:
         pidfd = _pidfd_open(pid)
         return cls(pid=pid, channel=wire.Channel(sock, MAX_REPLY_BYTES, death_fd=pidfd), pidfd=pidfd)
 
+    def share_uid(self, parent: WorkerHandle) -> None:
+        """This process is a fork of `parent`'s and runs as its uid: hold that uid until it is killed too."""
+        self.uid, self.uid_pool = parent.uid, parent.uid_pool
+        if self.uid_pool is not None and self.uid is not None:
+            self.uid_pool.retain(self.uid)
+
     def kill(self) -> None:
         """SIGKILL the worker (idempotent) and release the descriptors."""
         if self.pidfd is not None:

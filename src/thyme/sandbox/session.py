@@ -424,10 +424,7 @@ class Session:
                 self._discard_worker()
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
             child._handle = handle
-            child._handle.uid = self._handle.uid  # a fork keeps its parent's uid and namespaces
-            child._handle.uid_pool = self._handle.uid_pool
-            if child._handle.uid_pool is not None and child._handle.uid is not None:
-                child._handle.uid_pool.retain(child._handle.uid)
+            child._handle.share_uid(self._handle)  # a fork keeps its parent's uid and namespaces
             child._handle.zygote = self._handle.zygote
             child._enclosing = self._sandbox.enclose_later(child._handle)
             child._calls = self._calls
