@@ -1,6 +1,6 @@
 """Sandbox benchmark: every figure measured side by side in one run, printed as a table (and JSON).
 
-    python benchmarks/sandbox_bench.py [--calls 60] [--sessions 200] [--json out.json]
+    python benchmarks/sandbox_bench.py [--calls 60] [--sessions 200] [--filesystem auto|view] [--json F]
 
 Figures:
 - per-call time of a crop-and-save snippet on a 2000x1500 JPEG, in a sandbox session vs `exec` of the same
@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from thyme.sandbox import Sandbox, SandboxConfig
+from thyme.sandbox.config import FILESYSTEMS
 from thyme.sandbox.worker import set_png_compression
 
 SNIPPET = """\
@@ -176,13 +177,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument(
+        "--filesystem", choices=FILESYSTEMS, default="auto", help="Landlock, or the filesystem view"
+    )
     args = parser.parse_args()
-    config = SandboxConfig(pool_size=2)
+    config = SandboxConfig(pool_size=2, filesystem=args.filesystem)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = pathlib.Path(tmp_name)
         image = tmp / "input.jpg"
         make_jpeg(image)
-        results = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+        results = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "filesystem": args.filesystem}
         with Sandbox(dataclasses.replace(config, png_compress_level=None)) as sandbox:
             results.update(bench_calls(sandbox, image, tmp, args.calls, tag="_pil_default"))
         results["png_compress_level"] = config.png_compress_level
