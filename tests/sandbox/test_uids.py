@@ -189,8 +189,10 @@ def test_a_long_session_keeps_its_uid_to_itself_through_a_churn(scene_jpeg):
         for _ in range(300):
             with sandbox.session(inputs=[scene_jpeg]) as s:
                 seen.add(worker_uid(s))
-        assert uid not in seen
-        if sandbox.uids is not None:
+        if sandbox.uids is None:  # an ordinary user's workers all run as that user
+            assert seen == {uid} == {os.getuid()}
+        else:
+            assert uid not in seen
             # One block served them all: its uids were handed out again and again, in turn.
             assert sandbox.uids.blocks == sandbox.uids.blocks[:1]
             assert 200 < len(seen) < 256
