@@ -74,6 +74,13 @@ def test_the_view_is_read_only_where_it_is_not_the_sessions_own(sandbox, scene_j
     assert result.ok and "WROTE" not in result.stdout, result
 
 
+def test_no_new_privs_is_set_in_the_view_as_under_landlock(sandbox, scene_jpeg):
+    with sandbox.session(inputs=[scene_jpeg]) as s:
+        result = s.run("import ctypes\nprint(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))")  # PR_GET_NO_NEW_PRIVS
+    assert result.stdout == "1\n", result
+    assert "no_new_privs" in sandbox.isolation
+
+
 def test_the_view_comes_back_with_a_restarted_zygote(scene_jpeg):
     if os.geteuid() != 0:
         pytest.xfail(NEEDS_ROOT)

@@ -91,7 +91,12 @@ def detect_layers(
         Layer(
             "collector", True, "outputs opened without following links, size/pixel/aspect caps, copied out"
         ),
-        Layer("no_new_privs", abi > 0, "set before Landlock; setuid binaries cannot gain privileges"),
+        Layer(
+            "no_new_privs",
+            abi > 0 or (view and view_error is None),
+            "set before Landlock (or, in the filesystem view, before seccomp); setuid binaries cannot gain "
+            "privileges",
+        ),
         Layer("landlock", abi > 0 and not view, ll_detail, required=not view),
         Layer("fs_view", view and view_error is None, view_detail, required=view),
         Layer("namespaces", "net" in namespaces, ns_detail, required=True),

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from thyme.sandbox import seccomp, wire
+from thyme.sandbox import landlock, seccomp, wire
 from thyme.sandbox.clamp import make_runtime_helpers
 from thyme.sandbox.confine import (
     apply_limits,
@@ -125,6 +125,7 @@ class SessionState:
             enforced = confine_session(self.inputs, [self.output_dir, str(msg["forks_dir"])])
             self.landlocked, self.layers = True, 1
         if msg.get("view_dev") is not None:  # the zygote's filesystem view is what this process sees
+            landlock.set_no_new_privs()  # what Landlock would have set first
             enforced["filesystem"] = os.stat("/").st_dev == msg["view_dev"]
         if msg.get("quota_dev") is not None:  # the capped tmpfs the caller holds is what this process sees
             enforced["disk_quota"] = os.stat(self.output_dir).st_dev == msg["quota_dev"]
