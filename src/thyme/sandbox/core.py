@@ -97,7 +97,8 @@ class Sandbox:
             cgroup_detail,
             self.drop_uid,
             self._zygote.quota_error,
-            self._zygote.view_error if self._view else "",
+            self._view,
+            self._zygote.view_error,
         )
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:

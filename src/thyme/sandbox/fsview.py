@@ -58,7 +58,7 @@ def enter_view(sandbox_root: str) -> int:
     binds += [(f, False, False) for f in RUNTIME_FILES] + [(f, False, True) for f in RUNTIME_RW_FILES]
     bound: list[str] = []
     for source, is_dir, writable in sorted(binds):
-        if not os.path.exists(source) or any(_inside(source, done) for done in bound):
+        if not os.path.exists(source) or any(_below(source, done) for done in bound):
             continue  # covered by a directory bound already (making its mount point would write there)
         _bind(source, new_root, is_dir, writable, recursive=True)
         bound.append(source)
@@ -86,7 +86,8 @@ def _close_skeleton(new_root: str) -> None:
         dirnames[:] = [d for d in dirnames if os.stat(os.path.join(dirpath, d)).st_dev == dev]
 
 
-def _inside(path: str, directory: str) -> bool:
+def _below(path: str, directory: str) -> bool:
+    """`path` is `directory` or lies under it."""
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
@@ -116,6 +117,6 @@ def _mount_points(top: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split()[4].replace("\\040", " ")
-            if point != top and _inside(point, top):
+            if point != top and _below(point, top):
                 points.append(point)
     return points

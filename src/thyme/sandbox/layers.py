@@ -35,13 +35,13 @@ def detect_layers(
     cgroup_detail: str,
     drop_uid: bool,
     quota_error: str | None,
-    view_error: str | None = "",
+    view: bool = False,
+    view_error: str | None = None,
 ) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces` (and could mount output
-    quotas unless `quota_error` says why not). `view_error` is "" when the filesystem view was not asked
-    for, None when the zygote entered it, else why it could not."""
+    quotas unless `quota_error` says why not). With `view` the zygote was asked for the filesystem view,
+    which it entered unless `view_error` says why not."""
     abi = landlock.abi_version()
-    view = view_error != ""
     if view:
         ll_detail = "not used: the filesystem view confines files instead (filesystem='view' or no Landlock)"
     elif abi:
