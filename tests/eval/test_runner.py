@@ -26,7 +26,8 @@ from scripted_eval import scripted_model, scripted_task
 import thyme
 from thyme.agent import Agent, AgentConfig, SamplingParams
 from thyme.eval import EvalSample
-from thyme.eval.runner import EvalAborted, ProtocolMismatch, ResultsFile, run_eval, trajectory_dirname
+from thyme.eval.runner import EvalAborted, ProtocolMismatch, run_eval, trajectory_dirname
+from thyme.jsonl import JsonlRecords
 from thyme.protocol import get_preset
 
 EXPECTED = {"s0": 1.0, "s1": 1.0, "s2": 1.0, "s3": 1.0, "s4": 0.0}
@@ -307,9 +308,9 @@ def test_judge_credits_what_the_rules_missed_and_is_on_the_card(task, backend, s
 def test_results_file_reads_without_repair(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"id": "a", "score": 1.0}\n{"id": "b", "sc')
-    assert list(ResultsFile(path).load(repair=False)) == ["a"]
+    assert list(JsonlRecords(path).load(repair=False)) == ["a"]
     assert path.read_text().endswith('"sc')  # untouched
-    assert list(ResultsFile(path).load()) == ["a"]
+    assert list(JsonlRecords(path).load()) == ["a"]
     assert path.read_text() == '{"id": "a", "score": 1.0}\n'
 
 

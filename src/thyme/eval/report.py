@@ -23,7 +23,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from thyme.eval.runner import MODES, ResultsFile
+from thyme.eval.runner import MODES
+from thyme.jsonl import JsonlRecords
 
 ALL = "all"
 
@@ -47,7 +48,7 @@ def load_modes(out_dir: Path) -> list[ModeRun]:
             continue
         card_path = directory / "protocol.json"
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else None
-        records = list(ResultsFile(directory / "results.jsonl").load(repair=False).values())
+        records = list(JsonlRecords(directory / "results.jsonl").load(repair=False).values())
         runs = _read_lines(directory / "runs.jsonl")
         found.append(ModeRun(mode, card, records, runs))
     return found

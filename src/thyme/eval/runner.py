@@ -31,9 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -47,6 +45,7 @@ from thyme.agent import Agent, InputError, Task, Trajectory
 from thyme.eval.card import build_card, conflicts, now, read_card, write_card
 from thyme.eval.judge import score_with_judge
 from thyme.eval.task import EvalSample, TaskSpec
+from thyme.jsonl import JsonlRecords, append_lines
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def run_eval(
     mode = "tools" if tools else "direct"
     directory = Path(out_dir) / mode
     directory.mkdir(parents=True, exist_ok=True)
-    results = ResultsFile(directory / "results.jsonl")
+    results = JsonlRecords(directory / "results.jsonl")
     card = build_card(task, agent, data=data, tools=tools, judge=judge)
     card["run"]["limit"] = limit
     _check_card(directory, card, results, force)
@@ -154,17 +153,19 @@ def run_eval(
     finally:
         agent.backend = backend
         wall = time.perf_counter() - started
-        _append_line(
+        append_lines(
             directory / "runs.jsonl",
-            {
-                "started": stamp,
-                "wall_s": wall,
-                "samples": writer.new,
-                "sandbox_s": writer.sandbox_s,
-                "generation_busy_s": clock.busy,
-                "concurrency": concurrency,
-                "errors": len(writer.errors),
-            },
+            [
+                {
+                    "started": stamp,
+                    "wall_s": wall,
+                    "samples": writer.new,
+                    "sandbox_s": writer.sandbox_s,
+                    "generation_busy_s": clock.busy,
+                    "concurrency": concurrency,
+                    "errors": len(writer.errors),
+                }
+            ],
         )
     scores = list(writer.scored.values())
     return EvalResult(
@@ -194,7 +195,7 @@ def select_samples(task: TaskSpec, data: Path | None, cache_dir: Path, limit: in
     return samples
 
 
-def _check_card(directory: Path, card: dict[str, Any], results: ResultsFile, force: bool) -> None:
+def _check_card(directory: Path, card: dict[str, Any], results: JsonlRecords, force: bool) -> None:
     """Write the card, or check the stored one: same protocol resumes, another is refused unless forced."""
     path = directory / "protocol.json"
     if not path.is_file():
@@ -222,60 +223,6 @@ def _check_card(directory: Path, card: dict[str, Any], results: ResultsFile, for
         resume["environment"] = card["environment"]
     old["run"].setdefault("resumed", []).append(resume)
     write_card(path, old)
-
-
-# -- the results file -----------------------------------------------------------------------------------
-class ResultsFile:
-    """`results.jsonl`: complete lines only, appended durably."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self, *, repair: bool = True) -> dict[str, dict[str, Any]]:
-        """The records on disk by id. A torn last line (a kill mid-write) is ignored, and with `repair` cut
-        off the file (and logged) so that the next append starts on a fresh line."""
-        if not self.path.is_file():
-            return {}
-        raw = self.path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw) and repair:
-            log.warning(
-                "%s: dropped a torn last line (%d bytes, an interrupted write); that sample runs again",
-                self.path,
-                len(raw) - end,
-            )
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-        records: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(raw[:end].splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise ValueError(
-                    f"{self.path} line {number} is not JSON; delete that line to re-run its sample"
-                ) from None
-            if record["id"] in records:
-                log.warning("%s: id %r appears twice; the first line counts", self.path, record["id"])
-                continue
-            records[record["id"]] = record
-        return records
-
-    def append(self, record: dict[str, Any]) -> None:
-        _append_line(self.path, record)
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """One write of one complete line, flushed and fsynced before returning."""
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- scoring and writing one sample ---------------------------------------------------------------------
