@@ -31,10 +31,17 @@ def memorize(
     """Train the checkpoint at `model_dir` on `conversations` until the loss is below `target_loss` (or for
     `steps` steps), save it back, and return the final loss."""
     from thyme.agent.backends.transformers import TransformersBackend
+    from thyme.train.collate import collate
+    from thyme.train.masks import MaskConfig
 
     torch.manual_seed(seed)
     backend = TransformersBackend.from_pretrained(str(model_dir), device="cpu", dtype="float32")
-    examples = [backend.training_example(c) for c in conversations]
+    # Every model piece is a target (no "only last round"): the scripts must be reproduced whole.
+    every_round = MaskConfig(only_last_round=False)
+    examples = [
+        collate([backend.encoder.example(c, every_round, end_of_turn=False)], backend.pad_id)
+        for c in conversations
+    ]
     model = backend.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     loss_value = float("inf")

@@ -43,9 +43,10 @@ from thyme.agent.backends.base import (
 from thyme.agent.config import SamplingParams
 from thyme.agent.conversation import Conversation, Piece
 from thyme.agent.repetition import RepetitionConfig, RepetitionDetector
+from thyme.models.encoding import Encoded, Encoder, EncodingError
 from thyme.models.generation import SuppressVisionTokens
 from thyme.models.processor import load_processor
-from thyme.protocol import ImagePart, TextPart, cut_at_first_stop, is_code_open
+from thyme.protocol import TextPart, cut_at_first_stop, is_code_open
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +117,11 @@ class TransformersBackend:
         self.tokenizer = processor.tokenizer
         self.model_id = model_id
         self.default_preset = default_preset
-        self._image_kwargs: dict[str, Any] = {}
-        if min_pixels is not None or max_pixels is not None:
-            size = dict(processor.image_processor.size)  # {"shortest_edge": min px, "longest_edge": max px}
-            if min_pixels is not None:
-                size["shortest_edge"] = min_pixels
-            if max_pixels is not None:
-                size["longest_edge"] = max_pixels
-            self._image_kwargs["size"] = size
+        self.encoder = Encoder(processor, min_pixels=min_pixels, max_pixels=max_pixels)
         config = model.config
         text_config = getattr(config, "text_config", config)
         self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
         self.image_token_id = int(config.image_token_id)
-        self._image_markup = "<|vision_start|><|image_pad|><|vision_end|>"
         self._suppress = SuppressVisionTokens(config, device=str(model.device))
         gen = model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -142,8 +135,7 @@ class TransformersBackend:
     @property
     def pixel_bounds(self) -> dict[str, int | None]:
         """The pixel range every image is resized into: {"min_pixels", "max_pixels"} (the protocol card)."""
-        size = self._image_kwargs.get("size") or dict(self.processor.image_processor.size)
-        return {"min_pixels": size.get("shortest_edge"), "max_pixels": size.get("longest_edge")}
+        return self.encoder.pixel_bounds
 
     # -- construction -----------------------------------------------------------------------------------
     @classmethod
@@ -401,20 +393,12 @@ class TransformersBackend:
         return self._encode_fresh(conv)
 
     def _encode_fresh(self, conv: Conversation) -> _Encoded:
-        messages = conv.messages()
-        continuing = bool(conv.assistant)
-        text = self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not continuing, continue_final_message=continuing
-        )
-        images = [_load_image(p) for p in conv.images]
-        return dataclasses.replace(self._tokenize(text, images), covers=tuple(conv.assistant))
+        return _state(self._encoder_call(self.encoder.prompt, conv), covers=tuple(conv.assistant))
 
     def _extend(self, state: _Encoded, pieces: Sequence[Piece]) -> _Encoded:
         if not pieces:
             return state
-        text = "".join(self._image_markup if isinstance(p.part, ImagePart) else p.part.text for p in pieces)
-        images = [_load_image(p.part.path) for p in pieces if isinstance(p.part, ImagePart)]
-        new = self._tokenize(text, images)
+        new = self._encoder_call(self.encoder.pieces, [_as_text(p) for p in pieces])
         return dataclasses.replace(
             state,
             ids=state.ids + new.ids,
@@ -425,34 +409,14 @@ class TransformersBackend:
         )
 
     def _tokenize(self, text: str, images: list[Image.Image]) -> _Encoded:
-        """Text (one vision markup per image) through the processor: ids, token types, per-image pixels."""
-        batch = self.processor(text=[text], images=images or None, return_tensors="pt", **self._image_kwargs)
-        pixels, grids = _split_pixels(batch)
-        return _Encoded(batch["input_ids"][0].tolist(), _mm_types(batch), pixels, grids, covers=())
+        return _state(self.encoder.tokenize(text, images), covers=())
 
-    def training_example(self, conv: Conversation) -> dict[str, torch.Tensor]:
-        """The conversation as one training row: ids, labels (model-written tokens only) and image inputs.
-
-        Encoded exactly as generation sees it: the prompt, then each assistant piece appended at the token
-        level. Sandbox pieces (tags, printed text, images) and the prompt get label -100.
-        """
-        enc = self._encode_fresh(Conversation(conv.system, conv.user))
-        labels = [-100] * len(enc.ids)
-        for piece in conv.assistant:
-            before = len(enc.ids)
-            enc = self._extend(enc, [piece])
-            new = enc.ids[before:]
-            labels += new if piece.source == "model" else [-100] * len(new)
-        example = {
-            "input_ids": torch.tensor([enc.ids]),
-            "labels": torch.tensor([labels]),
-            "attention_mask": torch.ones(1, len(enc.ids), dtype=torch.long),
-            "mm_token_type_ids": torch.tensor([enc.mm_types], dtype=torch.int),
-        }
-        if enc.pixels:
-            example["pixel_values"] = torch.cat(enc.pixels)
-            example["image_grid_thw"] = torch.stack(enc.grids)
-        return example
+    @staticmethod
+    def _encoder_call(method, arg) -> Encoded:
+        try:
+            return method(arg)
+        except EncodingError as exc:
+            raise BackendError(str(exc)) from exc
 
     def _batch(self, encoded: Sequence[_Encoded]) -> dict[str, Any]:
         """Left-padded batch of whole prompts, every row's images in row order."""
@@ -503,27 +467,13 @@ class TransformersBackend:
         return inputs
 
 
-def _split_pixels(batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-image pixel rows and grids from a processor output (patches are stored image after image)."""
-    if "pixel_values" not in batch:
-        return [], []
-    grids = list(batch["image_grid_thw"])
-    sizes = [int(g.prod()) for g in grids]
-    return list(torch.split(batch["pixel_values"], sizes)), grids
+def _state(enc: Encoded, covers: tuple[Piece, ...]) -> _Encoded:
+    return _Encoded(enc.ids, enc.mm_types, enc.pixels, enc.grids, covers=covers)
 
 
-def _mm_types(batch) -> list[int]:
-    if "mm_token_type_ids" in batch:
-        return batch["mm_token_type_ids"][0].tolist()
-    return [0] * batch["input_ids"].shape[1]
-
-
-def _load_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read image {path}: {exc}") from exc
+def _as_text(piece: Piece) -> Piece:
+    """A piece the loop appends after a generation is encoded from its content (feedback has no ids)."""
+    return piece if piece.token_ids is None else Piece(piece.part, piece.source)
 
 
 def _sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
