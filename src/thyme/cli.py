@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 import thyme
+from thyme.data.cli import data_app
 
 app = typer.Typer(
     help="thyme-vl: vision-language models that think beyond images (code-writing reasoning + sandbox).",
@@ -24,6 +25,7 @@ sandbox_app = typer.Typer(help="Inspect and use the code sandbox.", no_args_is_h
 app.add_typer(sandbox_app, name="sandbox")
 models_app = typer.Typer(help="Build offline models for tests and smoke runs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 

@@ -284,20 +284,26 @@ def read_samples(
 ) -> Iterator[Sample]:
     """Samples from a file or directory, whatever wrote it.
 
-    - our JSONL (`thyme.sample/1` rows), or a directory holding `samples.jsonl`;
+    - our JSONL (`thyme.sample/1` rows), or a directory holding `samples.jsonl` or shard files
+      (`thyme.data.store`);
     - a `thyme synth` directory or its `samples.jsonl` (each row's `toyworld_variants`, in `preset`);
     - a saved trajectory (`trajectory.json`) or a directory of them (`*/trajectory.json`, e.g. an eval run).
     """
     path = Path(path)
     if path.is_dir():
-        if (path / SAMPLES_FILE).is_file():
-            path = path / SAMPLES_FILE
-        elif (path / "trajectory.json").is_file():
+        from thyme.data.store import sample_files
+
+        files = sample_files(path)
+        if files:
+            for file in files:
+                yield from read_samples(file, toyworld_variants=toyworld_variants, preset=preset)
+            return
+        if (path / "trajectory.json").is_file():
             path = path / "trajectory.json"
         else:
             found = sorted(path.rglob("trajectory.json"))
             if not found:
-                raise SampleError(f"{path} holds neither {SAMPLES_FILE} nor trajectory.json files")
+                raise SampleError(f"{path} holds no {SAMPLES_FILE}, shard files or trajectory.json files")
             for file in found:
                 yield _from_trajectory_file(file)
             return

@@ -12,28 +12,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from thyme.data.toyworld import GoldVerificationError, generate
 from thyme.data.toyworld.generate import check_request
-
-
-class _RateColumn(ProgressColumn):
-    """Samples per second so far."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} samples/s", style="progress.data.speed")
+from thyme.progress import item_progress
 
 
 def synth_command(
@@ -57,21 +39,9 @@ def synth_command(
     except (ValueError, FileExistsError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    progress = Progress(
-        TextColumn("[bold]synth {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
     started = time.perf_counter()
     try:
-        with progress:
-            bar = progress.add_task(task, total=n)
+        with item_progress(console, f"synth {task}", total=n) as (progress, bar):
             manifest = generate(
                 task, n, seed, out, split=split, level=level, verify=verify, overwrite=overwrite,
                 on_sample=lambda: progress.advance(bar),
