@@ -289,7 +289,7 @@ def read_samples(
     - a `thyme synth` directory or its `samples.jsonl` (each row's `toyworld_variants`, in `preset`);
     - a saved trajectory (`trajectory.json`) or a directory of them (`*/trajectory.json`, e.g. an eval run).
     """
-    path = Path(path)
+    path = Path(path).resolve()  # image paths of the samples come out absolute
     if path.is_dir():
         from thyme.data.store import sample_files
 

@@ -1,7 +1,7 @@
 """Samples to a padded training batch for a Qwen2.5-VL-family model: the one collator SFT uses.
 
     collator = SampleCollator(encoder, MaskConfig(), pad_id=tokenizer.pad_token_id)
-    batch = collator([{"sample": json_row, "root": "data/"}, ...])   # the rows of a `datasets.Dataset`
+    batch = collator([{"sample": json_text}, ...])   # rows of a `datasets.Dataset` (absolute image paths)
     model(**{k: v for k, v in batch.items() if k != "patch_labels"}).loss
 
 A batch (B rows padded on the right to the longest, L tokens; N images over the batch, in row order):
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from thyme.train.masks import DEFAULT_MASKS, IGNORE_INDEX, MaskConfig
 
 
 class SampleCollator:
-    """Encodes `{"sample": <thyme.sample/1 JSON>, "root": <dir>}` rows and pads them into one batch.
+    """Encodes `{"sample": <thyme.sample/1 JSON, absolute image paths>}` rows and pads them into one batch.
 
     aux_classes: also return `patch_labels` (the per-patch auxiliary loss); None leaves them out.
     """
@@ -49,7 +48,7 @@ class SampleCollator:
         self.aux_classes = aux_classes
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        samples = [Sample.from_dict(json.loads(r["sample"]), Path(r["root"])) for r in rows]
+        samples = [Sample.from_dict(json.loads(r["sample"])) for r in rows]
         examples = [self.encoder.example(s.conversation(), self.masks) for s in samples]
         batch = collate(examples, self.pad_id)
         if self.aux_classes is not None:
