@@ -15,6 +15,7 @@ from rich.table import Table
 
 import thyme
 from thyme.data.cli import data_app
+from thyme.train.cli import train_app
 
 app = typer.Typer(
     help="thyme-vl: vision-language models that think beyond images (code-writing reasoning + sandbox).",
@@ -26,6 +27,7 @@ app.add_typer(sandbox_app, name="sandbox")
 models_app = typer.Typer(help="Build offline models for tests and smoke runs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 

@@ -4,8 +4,9 @@
 
 Defaults are the reference's recipe where it has one (REFERENCE.md section 5, and its ms-swift defaults):
 full fine-tune, vision tower and merger frozen, max length 10240, lr 1e-5 cosine with 5% warmup, weight
-decay 0.1, Adam beta2 0.95, 3 epochs, sandbox output masked, only the last round trained. The computation-annealing stage is a second config (`model` = the first stage's output,
-lr 1e-6, `keep_modalities_apart: true`).
+decay 0.1, Adam beta2 0.95, 3 epochs, sandbox output masked, only the last round trained. The
+computation-annealing stage is a second config (`model` = the first stage's output, lr 1e-6,
+`keep_modalities_apart: true`).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
     from thyme.models.processor import load_processor
     from thyme.train.collate import SampleCollator
     from thyme.train.data import build_training_set, modality_order
-    from thyme.train.trainer import AUX_HEAD, ThymeSFTTrainer, attach_aux_head
+    from thyme.train.trainer import AUX_HEAD, ThymeSFTTrainer, attach_aux_head, release_checkpoint_layout
 
     resume = check_config(config)
     started = time.perf_counter()
@@ -162,6 +162,7 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
         final = trainer.model
         if config.finetune == "lora":
             final = final.merge_and_unload()
+        release_checkpoint_layout(final)
         if hasattr(final, AUX_HEAD):
             delattr(final, AUX_HEAD)  # a training aid, not part of the model
         final.save_pretrained(out)

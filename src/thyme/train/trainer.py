@@ -11,16 +11,29 @@ accumulated batch), logging, checkpointing, resume and distribution. We extend t
   (`model.thyme_aux_head`) predicts each token's class, and a weighted cross-entropy against the batch's
   `patch_labels` is added, divided by the accumulation steps as TRL does for its own auxiliary losses.
 
+Two repairs, each a transformers behaviour that would make the numbers wrong:
+- Qwen2.5-VL declares `accepts_loss_kwargs = False` (its own loss takes no token count), so the Trainer
+  skips counting the label tokens of the accumulated, all-device batch, and TRL's loss falls back to a mean
+  per micro-batch and per process. TRL computes the loss itself (its fused head), so we let the Trainer
+  count: the loss is the token mean over the whole optimizer batch, and 2 processes with batch b train
+  exactly as 1 process with batch 2b (or b with 2 accumulation steps).
+- transformers writes checkpoints of Qwen2.5-VL in the hub's key layout (`save_original_format`) but
+  resumes them with a plain `load_state_dict`, so a resumed run silently starts from the base weights
+  (huggingface/transformers#43701, open). Checkpoints are therefore written in the model's own layout,
+  which both `from_pretrained` and the resume path read; the final model is saved in the hub layout.
+
     trainer = ThymeSFTTrainer(model=model, args=trl_args, train_dataset=ds, data_collator=collator,
                               processing_class=processor, vision_lr_scale=3.0, aux=AuxLoss(classes=9))
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from thyme.train.config import AuxLoss
@@ -60,6 +73,8 @@ class ThymeSFTTrainer(SFTTrainer):
         self.aux = aux
         self._vision_tokens: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # TRL's loss takes the token count (see the docstring)
+        _checkpoints_in_model_layout(self.model)
         if aux is not None:
             vision_module(self.model).register_forward_hook(self._keep_vision_tokens)
 
@@ -126,6 +141,19 @@ class ThymeSFTTrainer(SFTTrainer):
         found = labels > 0
         accuracy = float((logits.argmax(-1)[found] == labels[found]).float().mean()) if found.any() else None
         return loss, accuracy
+
+
+def _checkpoints_in_model_layout(model: nn.Module) -> None:
+    """Make the trainer's `save_pretrained` calls keep the model's own key layout (see the docstring)."""
+    if isinstance(model, PreTrainedModel):
+        model.save_pretrained = functools.partial(
+            type(model).save_pretrained, model, save_original_format=False
+        )
+
+
+def release_checkpoint_layout(model: nn.Module) -> None:
+    """Undo `_checkpoints_in_model_layout` before the final save (the hub layout vLLM and others read)."""
+    model.__dict__.pop("save_pretrained", None)
 
 
 def _unwrap_attr(model: nn.Module, name: str) -> nn.Module:

@@ -1,0 +1,69 @@
+"""`thyme train ...`: training commands (thin wrappers over `thyme.train`).
+
+    thyme train sft CONFIG.yaml [--set key=value ...] [--check]
+
+Under `accelerate launch` every process runs the same command (`accelerate launch -m thyme train sft ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import typer
+from rich.console import Console
+
+train_app = typer.Typer(help="Train models: SFT (and, later, GRPO-ATS) on TRL.", no_args_is_help=True)
+_err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+@train_app.command("sft")
+def sft(
+    config: pathlib.Path = typer.Argument(..., help="YAML config (see configs/sft/ and the README)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override one key: --set learning_rate=2e-5 --set lora.r=8 (repeatable)."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Check the config and data, print the plan, and stop before loading the model."
+    ),
+) -> None:
+    """Supervised fine-tuning with the reference's loss masks, on TRL's SFTTrainer."""
+    from thyme.config import ConfigError, load_config
+    from thyme.data.sample import SampleError
+    from thyme.train.config import SFTConfig
+
+    try:
+        cfg = load_config(SFTConfig, config, overrides)
+        from thyme.train.sft import check_config, run_sft
+
+        resume = check_config(cfg)
+    except (ConfigError, ImportError) as exc:
+        _fail(exc)
+    if check:
+        _err.print(f"config ok: {cfg.finetune} fine-tune of {cfg.model} into {cfg.output_dir}")
+        _err.print(f"resume from: {resume or 'nothing (a fresh run)'}")
+        raise typer.Exit(0)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from thyme.progress import item_progress
+
+    try:
+        with item_progress(_err, "reading samples", unit="samples") as (progress, bar):
+            result = run_sft(cfg, progress=lambda: progress.advance(bar))
+    except (ConfigError, SampleError) as exc:
+        _fail(exc)
+    loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
+    _err.print(
+        f"trained {result.steps} steps on {result.samples} samples ({result.dropped} too long, left out) in "
+        f"{result.minutes:.1f} min; train loss {loss}; model saved to {result.output_dir}"
+    )
+
+
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, ImportError):
+        message = (
+            f"{exc.name or exc} is not installed; install the train extra: pip install 'thyme-vl[train]'"
+        )
+    else:
+        message = str(exc)
+    _err.print(f"error: {message}", markup=False)
+    raise typer.Exit(2)
