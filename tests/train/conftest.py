@@ -53,7 +53,9 @@ def scripted_generation(tmp_path_factory, train_sandbox, images):
     from thyme.agent.backends.transformers import TransformersBackend
     from thyme.models.scripted import build_scripted
 
-    model_dir = build_scripted(tmp_path_factory.mktemp("train-scripted") / "m", images[0], sandbox=train_sandbox)
+    model_dir = build_scripted(
+        tmp_path_factory.mktemp("train-scripted") / "m", images[0], sandbox=train_sandbox
+    )
     backend = TransformersBackend.from_pretrained(str(model_dir), device="cpu")
     seen: list[list[int]] = []
     original = backend._generate_encoded
@@ -71,3 +73,23 @@ def scripted_generation(tmp_path_factory, train_sandbox, images):
     traj = Trajectory.load(saved)
     assert traj.answer == "red" and len(seen) == 2, (traj.answer, traj.text)
     return backend, traj, seen[-1]
+
+
+@pytest.fixture(scope="session")
+def compute_data(tmp_path_factory) -> pathlib.Path:
+    """24 toy-world compute samples (gold + direct variants), gold outputs computed here (not re-run)."""
+    from thyme.data.toyworld import generate
+
+    out = tmp_path_factory.mktemp("train-data") / "compute"
+    generate("compute", 24, 0, out, level="add-text", verify=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def zoom_data(tmp_path_factory) -> pathlib.Path:
+    """8 toy-world zoom samples: large images with a labelled target box (regions for the auxiliary loss)."""
+    from thyme.data.toyworld import generate
+
+    out = tmp_path_factory.mktemp("train-data") / "zoom"
+    generate("zoom", 8, 0, out, level="colour", verify=False)
+    return out

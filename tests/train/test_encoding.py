@@ -69,7 +69,8 @@ def test_error_feedback_is_context_not_target(encoder, images):
     ex = encoder.example(conversation(images, f"{t0}<sandbox_output>{err}</sandbox_output>{t1}"))
     assert trained_spans(encoder, ex) == [t0, t1 + "<|im_end|>"]
     naive = encoder.example(
-        conversation(images, f"{t0}<sandbox_output>{err}</sandbox_output>{t1}"), MaskConfig(mask_sandbox=False)
+        conversation(images, f"{t0}<sandbox_output>{err}</sandbox_output>{t1}"),
+        MaskConfig(mask_sandbox=False),
     )
     assert trained_spans(encoder, naive) == [f"{t0}<sandbox_output>{err}</sandbox_output>{t1}<|im_end|>"]
 
@@ -111,7 +112,7 @@ def test_an_unreadable_image_names_the_file(encoder, images, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     conv = Conversation("s", (ImagePart(bad), TextPart("q")))
-    with pytest.raises(EncodingError, match="bad.png"):
+    with pytest.raises(EncodingError, match=r"bad\.png"):
         encoder.example(conv)
 
 

@@ -64,11 +64,7 @@ def check_config(config: SFTConfig) -> str | None:
                 raise ConfigError(f"{key}: {source.path} does not exist")
     if config.deepspeed is not None and not Path(config.deepspeed).is_file():
         raise ConfigError(f"deepspeed: {config.deepspeed} does not exist; give a DeepSpeed JSON config")
-    if config.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("device: cuda, but torch sees no CUDA device; use device: cpu or auto")
+    machine(config)
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is a file")
@@ -97,8 +93,18 @@ def _resume_point(config: SFTConfig, out: Path) -> str | None:
     return last
 
 
-def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
-    """Train as `config` says and save the final model; see the module docstring.
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked, before `train()` starts."""
+
+    trainer: Any  # ThymeSFTTrainer
+    train: Any  # thyme.train.data.TrainingSet
+    processor: Any
+    resume: str | None
+
+
+def prepare_sft(config: SFTConfig, *, progress=None) -> Prepared:
+    """Check the config, read the data, load the model and build the trainer (nothing trained yet).
 
     progress: a callable taking no arguments, called once per sample scanned (a progress bar).
     """
@@ -109,25 +115,21 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
     from thyme.models.processor import load_processor
     from thyme.train.collate import SampleCollator
     from thyme.train.data import build_training_set, modality_order
-    from thyme.train.trainer import AUX_HEAD, ThymeSFTTrainer, attach_aux_head, release_checkpoint_layout
+    from thyme.train.trainer import ThymeSFTTrainer, attach_aux_head
 
     resume = check_config(config)
-    started = time.perf_counter()
     processor = load_processor(config.model)
     encoder = Encoder(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
     train = build_training_set(config.data, encoder, max_length=config.max_length, on_sample=progress)
-    evaluation = (
-        build_training_set(config.eval_data, encoder, max_length=config.max_length)
-        if config.eval_data
-        else None
-    )
+    evaluation = None
+    if config.eval_data:
+        evaluation = build_training_set(config.eval_data, encoder, max_length=config.max_length)
     args = trl_arguments(config)
     dataset = train.dataset
     if config.keep_modalities_apart:
         chunk = config.batch_size * config.grad_accum * args.world_size
         dataset = dataset.select(modality_order(dataset["has_image"], chunk, config.seed))
 
-    use_cuda = not args.use_cpu and torch.cuda.is_available()
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
     if config.aux is not None:
@@ -149,12 +151,18 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
         vision_lr_scale=config.vision_lr_scale,
         aux=config.aux,
     )
-    log.info(
-        "training on %s (%d samples, %d left out)",
-        "cuda" if use_cuda else "cpu",
-        train.size,
-        len(train.dropped),
-    )
+    return Prepared(trainer, train, processor, resume)
+
+
+def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
+    """Train as `config` says and save the final model; see the module docstring."""
+    from thyme.train.trainer import AUX_HEAD, release_checkpoint_layout
+
+    started = time.perf_counter()
+    prepared = prepare_sft(config, progress=progress)
+    trainer, train, processor, resume = prepared.trainer, prepared.train, prepared.processor, prepared.resume
+    device = "cpu" if trainer.args.use_cpu else str(trainer.args.device)
+    log.info("training on %s (%d samples, %d left out)", device, train.size, len(train.dropped))
     output = trainer.train(resume_from_checkpoint=resume)
     minutes = (time.perf_counter() - started) / 60
     out = Path(config.output_dir)
@@ -177,6 +185,7 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
             "train_loss": output.training_loss,
             "minutes": minutes,
             "metrics": output.metrics,
+            "log_history": trainer.state.log_history,
         }
         _atomic_json(out / RESULT_FILE, summary)
     trainer.accelerator.wait_for_everyone()
@@ -193,17 +202,9 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
 
 def trl_arguments(config: SFTConfig):
     """TRL's `SFTConfig` for our run: our collator and dataset as they are, machinery from the config."""
-    import torch
     import trl
 
-    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "fp32"
-    if use_cpu and precision != "fp32":
-        raise ConfigError(
-            f"precision: {precision} needs a GPU here; use precision: fp32 (or auto) on the CPU"
-        )
+    use_cpu, precision = machine(config)
     evaluate = bool(config.eval_data)
     return trl.SFTConfig(
         output_dir=config.output_dir,
@@ -243,6 +244,21 @@ def trl_arguments(config: SFTConfig):
         assistant_only_loss=False,
         completion_only_loss=False,
     )
+
+
+def machine(config: SFTConfig) -> tuple[bool, str]:
+    """(train on the CPU?, precision): `auto` resolved for this machine; ConfigError when impossible."""
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda, but torch sees no CUDA device; use device: cpu or auto")
+    use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if not use_cpu and torch.cuda.is_bf16_supported() else "fp32"
+    if use_cpu and precision != "fp32":
+        raise ConfigError(f"precision: {precision} needs a GPU; use precision: fp32 (or auto) on the CPU")
+    return use_cpu, precision
 
 
 def report_targets(names: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,104 @@
+"""`thyme train sft` as users run it: one process, two processes under accelerate, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+THYME = [sys.executable, "-m", "thyme"]
+
+
+def write_config(tmp_path: Path, model: Path, data: Path, out: Path, **extra) -> Path:
+    lines = [
+        f"model: {model}",
+        f"output_dir: {out}",
+        "data:",
+        f"  - path: {data}",
+        "    variants: [gold, direct]",
+        "max_steps: 4",
+        "batch_size: 4",
+        "learning_rate: 3.0e-3",
+        "logging_steps: 1",
+        "freeze_vision: false",
+        "report_to: [none]",
+        "device: cpu",
+        "max_length: 2048",
+    ] + [f"{k}: {v}" for k, v in extra.items()]
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, capture_output=True, text=True, timeout=240, env=env, **kw)
+
+
+def curve(out: Path) -> list[float]:
+    summary = json.loads((out / "thyme_sft.json").read_text())
+    return [h["loss"] for h in summary["log_history"] if "loss" in h]
+
+
+def test_train_sft_runs_and_reports(tiny_model_dir, compute_data, tmp_path):
+    cfg = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "out")
+    done = run([*THYME, "train", "sft", str(cfg), "--set", "max_steps=3"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained 3 steps on 48 samples" in done.stderr
+    assert len(curve(tmp_path / "out")) == 3
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_check_stops_before_loading(tiny_model_dir, compute_data, tmp_path):
+    cfg = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "out")
+    done = run([*THYME, "train", "sft", str(cfg), "--check"])
+    assert done.returncode == 0 and "config ok" in done.stderr and "a fresh run" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learnig_rate=1"], "error: unknown config key 'learnig_rate'; did you mean 'learning_rate'?"),
+        (["data.0.path=/no/such/dir"], "error: data: /no/such/dir does not exist"),
+        (["model=/no/such/model"], "error: model: /no/such/model holds no config.json"),
+        (["precision=bf16"], "error: precision: bf16 needs a GPU"),
+        (["resume=/tmp"], "is not a checkpoint directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, compute_data, tmp_path, overrides, message):
+    cfg = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "out")
+    args = [*THYME, "train", "sft", str(cfg)]
+    for item in overrides:
+        args += ["--set", item]
+    done = run(args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_config_file(tmp_path):
+    done = run([*THYME, "train", "sft", str(tmp_path / "absent.yaml")])
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_loss_curve_of_one(tiny_model_dir, compute_data, tmp_path):
+    """accelerate launch --num_processes 2 (gloo on the CPU) with batch 2 per process == one process with
+    batch 4, step by step (same samples per step, loss normalised by the tokens of the whole batch)."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate is installed with the train extra"
+    one = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "one")
+    two = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "two", batch_size=2)
+    assert run([*THYME, "train", "sft", str(one)]).returncode == 0
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "thyme", "train", "sft", str(two)]
+    done = run(launch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("INFO thyme.train.sft: training on cpu") == 2  # really two processes
+    assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-4)
