@@ -87,3 +87,23 @@ def test_apply_override_creates_nested_mappings():
     data: dict = {}
     apply_override(data, "aux.classes=5")
     assert data == {"aux": {"classes": 5}}
+
+
+def test_every_shipped_config_loads():
+    """configs/: every SFT config is valid (keys, types, values); DeepSpeed and accelerate files parse."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    sft = sorted((root / "sft").glob("*.yaml"))
+    assert len(sft) >= 4
+    for path in sft:
+        cfg = load_config(SFTConfig, path)
+        if cfg.deepspeed:
+            assert (root.parent / cfg.deepspeed).is_file(), path
+    for path in (root / "deepspeed").glob("*.json"):
+        assert json.loads(path.read_text())["zero_optimization"]["stage"] in (2, 3)
+    for path in (root / "accelerate").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["num_processes"] == 8
