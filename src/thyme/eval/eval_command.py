@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from thyme.errors import first_line
+
 
 def eval_command(
     task: str,
@@ -77,7 +79,7 @@ def eval_command(
             sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
         )
     except (ValueError, OSError) as exc:
-        return fail(_line(exc))
+        return fail(first_line(exc))
     if bool(judge_url) != bool(judge_model):
         return fail("a judge needs both --judge-url and --judge-model")
     if judge_url and not spec.judge:
@@ -87,7 +89,7 @@ def eval_command(
             backend, base_url=base_url, api_key=api_key, device=device, max_pixels=max_pixels
         )
     except ValueError as exc:
-        return fail(_line(exc))
+        return fail(first_line(exc))
     try:
         with console.status(f"loading {model} ({backend})"):
             agent = Agent.from_pretrained(
@@ -98,7 +100,7 @@ def eval_command(
                 **options,
             )
     except (BackendError, ValueError, OSError) as exc:
-        return fail(_line(exc))
+        return fail(first_line(exc))
     judge = None
     if judge_url and spec.judge:
         from thyme.eval.judge import Judge
@@ -144,10 +146,10 @@ class _Job:
             self.agent.backend.check()
         except EndpointError as exc:
             return self.fail(
-                f"cannot reach the endpoint: {_line(exc)}; check --base-url and that it is running"
+                f"cannot reach the endpoint: {first_line(exc)}; check --base-url and that it is running"
             )
         except ModelNotFoundError as exc:
-            return self.fail(_line(exc))
+            return self.fail(first_line(exc))
         return None
 
     def run(self, modes: list[bool]) -> int:
@@ -210,12 +212,13 @@ class _Job:
             except EvalAborted as exc:
                 _try_report(self.out)
                 return self.fail(
-                    f"{_line(exc)}; the results so far are kept; fix the cause and run the same command", 1
+                    f"{first_line(exc)}; the results so far are kept; fix the cause and run the same command",
+                    1,
                 )
             except SandboxError as exc:
-                return self.fail(_line(exc), 1)
+                return self.fail(first_line(exc), 1)
             except (ValueError, OSError) as exc:
-                return self.fail(_line(exc))
+                return self.fail(first_line(exc))
         if result.errors:
             sample_id, message = result.errors[0]
             self.console.print(
@@ -269,8 +272,3 @@ def _try_report(out: pathlib.Path) -> None:
         write_report(out)
     except (OSError, ValueError, KeyError) as exc:
         logging.getLogger(__name__).warning("no report written: %s", exc)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
