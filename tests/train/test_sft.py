@@ -117,11 +117,12 @@ def test_vision_learning_rate_scale_and_auxiliary_loss(tiny_model_dir, zoom_data
     assert not any(k.startswith("thyme_aux_head") for k in weights(tmp_path / "aux"))
 
 
-def test_a_finished_run_is_not_overwritten(tiny_model_dir, compute_data, tmp_path):
+def test_tensorboard_logs_and_a_finished_run_is_not_overwritten(tiny_model_dir, compute_data, tmp_path):
     from thyme.config import ConfigError
 
-    cfg = config(tiny_model_dir, compute_data, tmp_path / "out", max_steps=1)
+    cfg = config(tiny_model_dir, compute_data, tmp_path / "out", max_steps=2, report_to=("tensorboard",))
     run_sft(cfg)
+    assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*"))
     with pytest.raises(ConfigError, match="finished run"):
         run_sft(cfg)
 
