@@ -87,6 +87,17 @@ def test_a_missing_config_file(tmp_path):
     assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_accelerate_without_multi_gpu_on_a_cpu_is_refused(tiny_model_dir, compute_data, tmp_path):
+    """Without GPUs, `accelerate launch --num_processes 2` runs ONE process: say so instead of training."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    cfg = write_config(tmp_path, tiny_model_dir, compute_data, tmp_path / "out")
+    done = run(
+        [accelerate, "launch", "--num_processes", "2", "-m", "thyme", "train", "sft", str(cfg), "--check"]
+    )
+    assert done.returncode != 0  # accelerate reports our exit status 2 as its own failure
+    assert "error: accelerate launch started one process" in done.stderr and "--multi_gpu" in done.stderr
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_loss_curve_of_one(tiny_model_dir, compute_data, tmp_path):
     """accelerate launch --num_processes 2 (gloo on the CPU) with batch 2 per process == one process with

@@ -2,7 +2,8 @@
 
     thyme train sft CONFIG.yaml [--set key=value ...] [--check]
 
-Under `accelerate launch` every process runs the same command (`accelerate launch -m thyme train sft ...`).
+Under `accelerate launch` every process runs the same command (`accelerate launch -m thyme train sft ...`;
+on a CPU-only machine add `--multi_gpu` to get several gloo processes, which this command checks).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def sft(
     from thyme.data.sample import SampleError
     from thyme.train.config import SFTConfig
 
+    single = lone_accelerate_process()
+    if single:
+        _fail(ValueError(single))
     try:
         cfg = load_config(SFTConfig, config, overrides)
         from thyme.train.sft import check_config, run_sft
@@ -56,6 +60,24 @@ def sft(
         f"trained {result.steps} steps on {result.samples} samples ({result.dropped} too long, left out) in "
         f"{result.minutes:.1f} min; train loss {loss}; model saved to {result.output_dir}"
     )
+
+
+def lone_accelerate_process(env=None) -> str | None:
+    """A message when `accelerate launch --num_processes N` started one process instead of N.
+
+    On a machine without GPUs and without an accelerate config, accelerate's plain launcher runs a single
+    process; it still sets MASTER_ADDR for the N asked, but no WORLD_SIZE (torchrun sets both).
+    """
+    import os
+
+    env = os.environ if env is None else env
+    launched = "ACCELERATE_MIXED_PRECISION" in env and "MASTER_ADDR" in env
+    if launched and "WORLD_SIZE" not in env:
+        return (
+            "accelerate launch started one process, not the number asked: on a machine without GPUs add "
+            "--multi_gpu (N processes on the CPU with gloo), or drop --num_processes"
+        )
+    return None
 
 
 def _fail(exc: BaseException) -> None:
