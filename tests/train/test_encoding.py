@@ -125,3 +125,18 @@ def test_training_sees_exactly_the_ids_generation_fed(scripted_generation):
     assert len(ex.pixels) == len(traj.conversation.images) == 2  # the user's image and the zoomed crop
     assert ex.image_rows == sum(int(g.prod()) for g in ex.grids)
     assert any(r == SANDBOX for r in ex.roles)
+
+
+def test_max_pixels_bounds_every_image(tiny_model_dir, images):
+    from thyme.models import load_processor
+    from thyme.models.encoding import Encoder
+
+    response = f"<think>{ZOOM}<sandbox_output><image></sandbox_output>ok</think> <answer>a</answer>"
+    conv = conversation(images, response, fed=images[1:2])
+    wide = Encoder(load_processor(tiny_model_dir))
+    narrow = Encoder(load_processor(tiny_model_dir), max_pixels=4 * 28 * 28)
+    assert narrow.pixel_bounds["max_pixels"] == 4 * 28 * 28
+    ex = narrow.example(conv)
+    merge = narrow.processor.image_processor.merge_size
+    assert all(int(g.prod()) // merge**2 <= 4 for g in ex.grids)
+    assert len(ex) < len(wide.example(conv)) and narrow.length(conv) == len(ex)
