@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class JsonlRecords:
-    """A JSONL file of records keyed by their "id" field."""
+    """A JSONL file of records keyed by their "id" field, read line by line."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -33,38 +33,64 @@ class JsonlRecords:
         off the file (and logged) so that the next append starts on a fresh line."""
         if not self.path.is_file():
             return {}
-        raw = self.path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw) and repair:
-            log.warning(
-                "%s: dropped a torn last line (%d bytes, an interrupted write); that item runs again",
-                self.path,
-                len(raw) - end,
-            )
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
+        if repair:
+            self._repair()
         records: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(raw[:end].splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise ValueError(
-                    f"{self.path} line {number} is not JSON; delete that line to redo its item"
-                ) from None
+        for record in self._records():
             if record["id"] in records:
                 log.warning("%s: id %r appears twice; the first line counts", self.path, record["id"])
                 continue
             records[record["id"]] = record
         return records
 
+    def ids(self) -> set[str]:
+        """The ids on disk (memory holds the ids, not the records); a torn last line is cut off first."""
+        if not self.path.is_file():
+            return set()
+        self._repair()
+        return {record["id"] for record in self._records()}
+
     def append(self, record: dict[str, Any]) -> None:
         append_lines(self.path, [record])
 
     def append_many(self, records: Iterable[dict[str, Any]]) -> None:
         append_lines(self.path, records)
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """Every complete line's record, in order (a last line without its newline is not complete)."""
+        with self.path.open("rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.endswith(b"\n") or not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ValueError(
+                        f"{self.path} line {number} is not JSON; delete that line to redo its item"
+                    ) from None
+
+    def _repair(self) -> None:
+        """Cut a torn last line off the file (logged), so the next append starts on a fresh line."""
+        with self.path.open("r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:  # back to just after the last newline, in blocks
+                start = max(0, end - 65536)
+                fh.seek(start)
+                cut = fh.read(end - start).rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            if end == size:
+                return
+            log.warning(
+                "%s: dropped a torn last line (%d bytes, an interrupted write); that item runs again",
+                self.path,
+                size - end,
+            )
+            fh.truncate(end)
+            os.fsync(fh.fileno())
 
 
 def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:

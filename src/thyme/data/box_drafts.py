@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from thyme.data.rows import RowRejected
 from thyme.data.toyworld.base import OUTPUT_PREFIX, CodeStep, Draft, choose
 from thyme.data.toyworld.rotate import TURN_WORDS
 from thyme.data.toyworld.zoom import MIN_CROP
@@ -33,14 +34,6 @@ VARIANTS = ("zoom", "rotate", "contrast")
 AUGMENTATIONS = ("rotate", "contrast")
 MAX_SIDE = 4096  # an enlarged crop never exceeds this many px a side (a lower zoom is used instead)
 Box = tuple[int, int, int, int]
-
-
-class RowRejected(ValueError):
-    """This row cannot become a verified sample; `kind` names the cause for the summary."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)

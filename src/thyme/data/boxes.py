@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from thyme.data.box_drafts import AUGMENTATIONS, VARIANTS, RowRejected, box_values, build_variant, pixel_box
-from thyme.data.rows import Row, RowError, read_rows
+from thyme.data.box_drafts import AUGMENTATIONS, VARIANTS, box_values, build_variant, pixel_box
+from thyme.data.rows import Row, RowError, RowRejected, read_rows
 from thyme.data.sample import Region, Sample, SampleError, split_response
 from thyme.data.store import SampleStore, Shard
 from thyme.errors import first_line

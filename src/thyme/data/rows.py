@@ -150,3 +150,11 @@ def _row(root: Path, where: str, data: Mapping[str, Any], extra: Sequence[str]) 
     given = data.get("id")
     given_id = None if given in (None, "") else str(given)
     return Row(image, data["question"], str(answer).strip(), given_id, where, dict(data))
+
+
+class RowRejected(ValueError):
+    """An input row that cannot become a sample; `kind` names the cause for the summary."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

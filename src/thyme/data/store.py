@@ -61,9 +61,14 @@ class Shard:
 
     @property
     def filename(self) -> str:
-        if self.count == 1:
-            return SAMPLES_FILE
-        return f"samples-{self.index:05d}-of-{self.count:05d}.jsonl"
+        """This shard's samples file: `samples.jsonl`, or `samples-00003-of-00016.jsonl`."""
+        return self.file("samples", ".jsonl")
+
+    def file(self, stem: str, suffix: str) -> str:
+        """This shard's name for a file of a tool (`verify.jsonl`, `verify-00003-of-00016.jsonl`)."""
+        return (
+            f"{stem}{suffix}" if self.count == 1 else f"{stem}-{self.index:05d}-of-{self.count:05d}{suffix}"
+        )
 
 
 def sample_files(directory: Path) -> list[Path]:
@@ -89,8 +94,8 @@ class SampleStore:
         return self.records.path
 
     def done_ids(self) -> set[str]:
-        """Ids already written by this shard (a torn last line is dropped first)."""
-        return set(self.records.load())
+        """Ids already written by this shard (a torn last line is dropped first); only the ids are kept."""
+        return self.records.ids()
 
     def add_image(self, data: bytes | os.PathLike[str], ext: str | None = None) -> Path:
         """Store image bytes (or a file's bytes) under their sha256; returns the stored file's path.

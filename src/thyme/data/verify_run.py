@@ -134,19 +134,14 @@ def count_samples(paths: Sequence[Path], shard: Shard) -> int | None:
     return len(range(shard.index, total, shard.count))
 
 
-def shard_name(shard: Shard, stem: str, suffix: str) -> str:
-    """This shard's file name for `stem` (`verify.jsonl`, `verify-00003-of-00016.jsonl`)."""
-    return shard.filename.replace("samples", stem, 1).removesuffix(".jsonl") + suffix
-
-
 class VerifyOutput:
     """The files of one shard in an output directory, with batched, durable writes."""
 
     def __init__(self, out_dir: str | os.PathLike[str], shard: Shard) -> None:
         self.shard = shard
         self.store = SampleStore(out_dir, shard=shard)
-        self.records = JsonlRecords(self.store.directory / shard_name(shard, "verify", ".jsonl"))
-        self.report_path = self.store.directory / shard_name(shard, "report", ".json")
+        self.records = JsonlRecords(self.store.directory / shard.file("verify", ".jsonl"))
+        self.report_path = self.store.directory / shard.file("report", ".json")
         self._rows: list = []
         self._records: list[dict[str, Any]] = []
         self._last = time.monotonic()
