@@ -14,7 +14,7 @@ data_app = typer.Typer(
 )
 
 # The command modules, in the order `thyme data --help` lists them.
-COMMANDS: tuple[str, ...] = ("convert_cli", "boxes", "distill", "verify_cli")
+COMMANDS: tuple[str, ...] = ("convert_cli", "verify_cli", "boxes", "distill")
 
 for _name in COMMANDS:
     __import__(f"thyme.data.{_name}", fromlist=["register"]).register(data_app)
