@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from thyme.agent.conversation import Conversation, Piece
 from thyme.agent.events import Error, Event, Final, ModelText, Observation, event_from_dict
+from thyme.files import atomic_copy, atomic_write
 from thyme.protocol import ImagePart, TextPart
 
 SCHEMA = "thyme.trajectory/1"
@@ -218,13 +217,13 @@ class Trajectory:
                 missing.append(str(src))
                 continue
             dst = images_dir / f"{len(mapping):03d}{Path(src).suffix.lower() or '.png'}"
-            _atomic_copy(Path(src), dst)
+            atomic_copy(Path(src), dst)
             mapping[src] = dst
         saved = _remap(self, mapping, directory)
         if missing:
             saved.meta = {**saved.meta, "missing_images": missing}
         target = directory / "trajectory.json"
-        _atomic_write(target, saved.to_json(indent=1))
+        atomic_write(target, saved.to_json(indent=1))
         return target
 
     def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -233,7 +232,7 @@ class Trajectory:
 
         page = render_html(self)
         if path is not None:
-            _atomic_write(Path(path), page)
+            atomic_write(Path(path), page)
         return page
 
 
@@ -255,26 +254,3 @@ def _remap(traj: Trajectory, mapping: dict[Path, Path], root: Path) -> Trajector
 
 def _move_part(part, move):
     return ImagePart(move(part.path)) if isinstance(part, ImagePart) else part
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from thyme.data.sample import SAMPLES_FILE, Sample
+from thyme.files import atomic_write
 from thyme.jsonl import JsonlRecords
 
 IMAGES_DIR = "images"
@@ -109,16 +109,7 @@ class SampleStore:
         target = self.directory / IMAGES_DIR / digest[:2] / f"{digest}{ext}"
         if target.is_file() and target.stat().st_size == len(data):
             return target
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{digest[:8]}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write(target, data)
 
     def append(self, samples: Iterable[Sample]) -> None:
         """Append rows (image paths relative to the directory), one write and one fsync for all."""

@@ -47,6 +47,7 @@ from thyme.data.verify import (
     user_images,
     verify_sample,
 )
+from thyme.files import atomic_write
 from thyme.jsonl import JsonlRecords
 from thyme.protocol import FeedbackPart, ImagePart
 
@@ -171,8 +172,8 @@ class VerifyOutput:
     ) -> None:
         """`report.json` and `report.md` (this shard's names), each replaced atomically."""
         report = build_report(summary, config, inputs, self.shard, isolation)
-        _write_atomic(self.report_path, json.dumps(report, indent=2) + "\n")
-        _write_atomic(self.report_path.with_suffix(".md"), render_markdown(report))
+        atomic_write(self.report_path, json.dumps(report, indent=2) + "\n")
+        atomic_write(self.report_path.with_suffix(".md"), render_markdown(report))
 
 
 def build_report(summary: VerifySummary, config: VerifyConfig, inputs, shard: Shard, isolation) -> dict:
@@ -225,12 +226,6 @@ def render_markdown(report: dict) -> str:
         f"timeout {config['timeout_s']} s; sandbox layers: {layers}.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- the flow: samples in, verdicts out ----------------------------------------------------------------

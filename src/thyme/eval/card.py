@@ -22,14 +22,13 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import thyme
+from thyme.files import atomic_write
 
 SCHEMA = "thyme.eval.protocol/1"
 PACKAGES = ("thyme-vl", "torch", "transformers", "vllm", "math-verify")
@@ -196,15 +195,4 @@ def read_card(path: Path) -> dict[str, Any]:
 
 def write_card(path: Path, card: dict[str, Any]) -> None:
     """Write the card atomically (a reader never sees half a card)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(card, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(card, indent=1, sort_keys=True) + "\n", fsync=True)

@@ -29,11 +29,9 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import string
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from thyme.eval.task import EvalSample
+from thyme.files import atomic_write
 from thyme.protocol.choices import normalize_options
 
 log = logging.getLogger(__name__)
@@ -101,15 +100,7 @@ class ImageCache:
                 img.verify()
         except Exception as exc:  # PIL raises many types for truncated or corrupt data
             raise DataError(f"{where}: the image is corrupt ({exc}); re-download the file") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)
         self._known.add(path)
         return path
 

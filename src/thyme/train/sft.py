@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thyme.config import ConfigError, to_plain
+from thyme.files import atomic_write
 from thyme.train.config import SFTConfig
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
             "metrics": output.metrics,
             "log_history": trainer.state.log_history,
         }
-        _atomic_json(out / RESULT_FILE, summary)
+        atomic_write(out / RESULT_FILE, json.dumps(summary, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
     return SFTResult(
         output_dir=out,
@@ -312,9 +312,3 @@ def lora_config(config: SFTConfig):
         modules_to_save=keep or None,
         task_type="CAUSAL_LM",
     )
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
