@@ -46,17 +46,22 @@ def train_sandbox():
 
 
 @pytest.fixture(scope="session")
-def scripted_generation(tmp_path_factory, train_sandbox, images):
+def scripted_model(tmp_path_factory, train_sandbox, images) -> pathlib.Path:
+    """A tiny model that learned `thyme.models.scripted.SCRIPTS` on images[0]: it writes code, reads the
+    sandbox's output and answers."""
+    from thyme.models.scripted import build_scripted
+
+    return build_scripted(tmp_path_factory.mktemp("train-scripted") / "m", images[0], sandbox=train_sandbox)
+
+
+@pytest.fixture(scope="session")
+def scripted_generation(tmp_path_factory, train_sandbox, images, scripted_model):
     """(backend, trajectory, ids) of a real two-step zoom trajectory of the scripted tiny model: `ids` is what
     the backend fed to its last `generate()` plus the tokens it generated there."""
     from thyme.agent import Agent, AgentConfig, Trajectory
     from thyme.agent.backends.transformers import TransformersBackend
-    from thyme.models.scripted import build_scripted
 
-    model_dir = build_scripted(
-        tmp_path_factory.mktemp("train-scripted") / "m", images[0], sandbox=train_sandbox
-    )
-    backend = TransformersBackend.from_pretrained(str(model_dir), device="cpu")
+    backend = TransformersBackend.from_pretrained(str(scripted_model), device="cpu")
     seen: list[list[int]] = []
     original = backend._generate_encoded
 

@@ -124,7 +124,7 @@ class Sample:
             assistant=tuple(conv.assistant),
             answer=answer if answer is not None else traj.answer,
             origin="trajectory",
-            meta={"model": traj.model, "preset": traj.preset, "tools": traj.tools},
+            meta={"model": traj.model, "preset": traj.preset, "tools": traj.tools, "question": traj.question},
         )
 
     @classmethod
@@ -171,7 +171,12 @@ class Sample:
             answer=str(row["answer"]),
             origin="toyworld",
             regions=regions,
-            meta={"task": row.get("task"), "category": row.get("category"), "variant": variant},
+            meta={
+                "task": row.get("task"),
+                "category": row.get("category"),
+                "variant": variant,
+                "question": row["question"],
+            },
         )
 
     # -- JSON -------------------------------------------------------------------------------------------

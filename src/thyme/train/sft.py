@@ -70,20 +70,20 @@ def check_config(config: SFTConfig) -> str | None:
         raise ConfigError(f"output_dir: {out} is a file")
     if (out / RESULT_FILE).is_file():
         raise ConfigError(f"output_dir: {out} holds a finished run; choose a new output_dir")
-    return _resume_point(config, out)
+    return resume_point(config.resume, out)
 
 
-def _resume_point(config: SFTConfig, out: Path) -> str | None:
+def resume_point(resume: str, out: Path) -> str | None:
+    """The checkpoint a run starts from: `resume` is "auto" (the last one in `out`, if any), "never", or a
+    checkpoint directory; ConfigError when it cannot be used."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    if config.resume == "never":
+    if resume == "never":
         return None
-    if config.resume != "auto":
-        if not (Path(config.resume) / "trainer_state.json").is_file():
-            raise ConfigError(
-                f"resume: {config.resume} is not a checkpoint directory (no trainer_state.json)"
-            )
-        return config.resume
+    if resume != "auto":
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise ConfigError(f"resume: {resume} is not a checkpoint directory (no trainer_state.json)")
+        return resume
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last is None and out.is_dir() and any(out.iterdir()):
         entries = ", ".join(sorted(p.name for p in out.iterdir())[:3])
@@ -302,7 +302,7 @@ def lora_config(config: SFTConfig):
         keep.append("visual")
     elif config.train_merger:
         keep.append("merger")
-    if config.aux is not None:
+    if getattr(config, "aux", None) is not None:
         keep.append(AUX_HEAD)
     return LoraConfig(
         r=config.lora.r,

@@ -74,7 +74,7 @@ class ThymeSFTTrainer(SFTTrainer):
         self._vision_tokens: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # TRL's loss takes the token count (see the docstring)
-        _checkpoints_in_model_layout(self.model)
+        checkpoints_in_model_layout(self.model)
         if aux is not None:
             vision_module(self.model).register_forward_hook(self._keep_vision_tokens)
 
@@ -143,7 +143,7 @@ class ThymeSFTTrainer(SFTTrainer):
         return loss, accuracy
 
 
-def _checkpoints_in_model_layout(model: nn.Module) -> None:
+def checkpoints_in_model_layout(model: nn.Module) -> None:
     """Make the trainer's `save_pretrained` calls keep the model's own key layout (see the docstring)."""
     if isinstance(model, PreTrainedModel):
         model.save_pretrained = functools.partial(
@@ -152,7 +152,7 @@ def _checkpoints_in_model_layout(model: nn.Module) -> None:
 
 
 def release_checkpoint_layout(model: nn.Module) -> None:
-    """Undo `_checkpoints_in_model_layout` before the final save (the hub layout vLLM and others read)."""
+    """Undo `checkpoints_in_model_layout` before the final save (the hub layout vLLM and others read)."""
     model.__dict__.pop("save_pretrained", None)
 
 

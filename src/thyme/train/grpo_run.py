@@ -1,0 +1,233 @@
+"""Running GRPO-ATS: config checks, the prompt set, the trainer, the final model.
+
+    result = run_grpo(load_config(GRPOConfig, "configs/grpo/tiny-cpu.yaml", ["max_steps=20"]))
+
+Everything checkable is checked before the model loads (paths, batch arithmetic, the reward's name, the
+precision this machine can do). The prompt set holds one row per sample: its plain question
+(`meta.question`), its first image, its answer; the agent loop renders the prompt in `preset`, as
+`thyme eval` and `thyme run` do, so a policy is trained on the prompt it is evaluated with. The final
+`output_dir` loads like any checkpoint and holds `thyme_grpo.json` (the config, the reward and tool-use curve
+per step, the minutes spent in rollouts and in updates).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thyme.config import ConfigError, to_plain
+from thyme.files import atomic_write
+from thyme.train.grpo_config import GRPOConfig
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "thyme_grpo.json"
+
+
+@dataclass
+class GRPOResult:
+    output_dir: Path
+    steps: int
+    prompts: int
+    minutes: float
+    rollout_minutes: float
+    log_history: list[dict[str, Any]]
+
+
+def check_grpo(config: GRPOConfig) -> str | None:
+    """Checks that need no model; returns the checkpoint to resume from (ConfigError otherwise)."""
+    from thyme.train.sft import machine, resume_point
+
+    model = Path(config.model).expanduser()
+    if (model.is_absolute() or config.model.startswith(".") or model.exists()) and not (
+        model / "config.json"
+    ).is_file():
+        raise ConfigError(f"model: {config.model} holds no config.json; give a checkpoint directory")
+    for source in config.data:
+        if not Path(source.path).exists():
+            raise ConfigError(f"data: {source.path} does not exist")
+    if config.deepspeed is not None and not Path(config.deepspeed).is_file():
+        raise ConfigError(f"deepspeed: {config.deepspeed} does not exist; give a DeepSpeed JSON config")
+    if config.use_vllm:
+        raise ConfigError("use_vllm: true is not supported yet; rollouts run on the transformers backend")
+    machine(config)
+    from thyme.rewards import reward_names
+
+    if config.reward not in reward_names():
+        raise ConfigError(
+            f"reward: {config.reward!r} is not registered; choose one of {', '.join(reward_names())}"
+        )
+    out = Path(config.output_dir)
+    if (out / RESULT_FILE).is_file():
+        raise ConfigError(f"output_dir: {out} holds a finished run; choose a new output_dir")
+    return resume_point(config.resume, out)
+
+
+def prompt_rows(config: GRPOConfig) -> list[dict[str, Any]]:
+    """The prompt set: question, image, answer (and choices) of every sample of every source."""
+    from thyme.data.sample import SampleError, read_samples
+
+    rows = []
+    for source in config.data:
+        samples = read_samples(source.path, toyworld_variants=source.variants[:1], preset=source.preset)
+        for sample in itertools.islice(samples, source.limit):
+            question = sample.meta.get("question")
+            images = sample.images
+            if not question or sample.answer is None or not images:
+                raise SampleError(
+                    f"{source.path}: sample {sample.id} lacks a plain question (meta.question), an answer "
+                    "or an image; GRPO prompts need all three"
+                )
+            row = {
+                "prompt": question,
+                "question": question,
+                "image": str(images[0]),
+                "answer": str(sample.answer),
+                "id": sample.id,
+            }
+            rows.extend([row] * source.repeat)
+    if not rows:
+        raise SampleError("no prompt to train on: every data source is empty")
+    return rows
+
+
+def trl_grpo_arguments(config: GRPOConfig):
+    """TRL's `GRPOConfig` for our run."""
+    import trl
+
+    from thyme.train.sft import machine, report_targets
+
+    use_cpu, precision = machine(config)
+    return trl.GRPOConfig(
+        output_dir=config.output_dir,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=use_cpu,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=config.gradient_checkpointing,
+        deepspeed=config.deepspeed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=report_targets(config.report_to),
+        num_generations=config.num_generations,
+        # Log-probs at temperature 1 for every token (ATS samples code greedily in the rollouts).
+        temperature=1.0,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        num_iterations=config.num_iterations,
+        max_completion_length=config.max_new_tokens * config.max_turns,
+        use_vllm=False,
+        remove_unused_columns=False,
+    )
+
+
+def agent_config(config: GRPOConfig):
+    """The rollouts' `AgentConfig`: ATS sampling, the turn budget, errors fed back, no fallback."""
+    from thyme.agent import AgentConfig, SamplingParams
+
+    sampling = SamplingParams(
+        temperature=config.temperature,
+        code_temperature=config.code_temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        repetition_penalty=config.repetition_penalty,
+        max_new_tokens=config.max_new_tokens,
+    )
+    return AgentConfig(
+        preset=config.preset,
+        max_steps=config.max_turns,
+        on_error="feedback",
+        fallback=False,
+        kv_reuse=False,
+        sampling=sampling,
+        repetition_threshold=config.repetition_threshold,
+    )
+
+
+def run_grpo(config: GRPOConfig) -> GRPOResult:
+    """Train as `config` says and save the final model (see the module docstring)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from thyme.models.encoding import Encoder
+    from thyme.models.processor import load_processor
+    from thyme.rewards import build_reward
+    from thyme.sandbox import Sandbox, SandboxConfig
+    from thyme.train.grpo import ThymeGRPOTrainer
+    from thyme.train.sft import freeze_vision, lora_config
+    from thyme.train.trainer import release_checkpoint_layout
+
+    resume = check_grpo(config)
+    started = time.perf_counter()
+    rows = prompt_rows(config)
+    args = trl_grpo_arguments(config)
+    generation_batch = config.batch_size * args.steps_per_generation * args.world_size
+    if generation_batch % config.num_generations:
+        raise ConfigError(
+            f"batch_size x grad_accum x processes = {generation_batch} rollouts per generation batch, not a "
+            f"multiple of num_generations={config.num_generations}; change one of them"
+        )
+    processor = load_processor(config.model, padding_side="left")
+    encoder = Encoder(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
+    freeze_vision(model, config)
+    reward = build_reward(config.reward, judge_url=config.judge_url, judge_model=config.judge_model)
+    with Sandbox(SandboxConfig(timeout_s=config.sandbox_timeout_s)) as sandbox:
+        trainer = ThymeGRPOTrainer(
+            model=model,
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=processor,
+            peft_config=lora_config(config),
+            agent_config=agent_config(config),
+            sandbox=sandbox,
+            encoder=encoder,
+            scale=config.scale_rewards,
+            code_call_floor=config.code_call_floor,
+        )
+        output = trainer.train(resume_from_checkpoint=resume)
+    minutes = (time.perf_counter() - started) / 60
+    history = list(trainer.state.log_history)
+    rollout_minutes = trainer.rollout_seconds / 60
+    out = Path(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        final = trainer.model
+        if config.finetune == "lora":
+            final = final.merge_and_unload()
+        release_checkpoint_layout(final)
+        final.save_pretrained(out)
+        processor.save_pretrained(out)
+        summary = {
+            "config": to_plain(config),
+            "prompts": len(rows),
+            "steps": output.global_step,
+            "minutes": minutes,
+            "rollout_minutes": rollout_minutes,
+            "log_history": history,
+        }
+        atomic_write(out / RESULT_FILE, json.dumps(summary, indent=1, default=str))
+    trainer.accelerator.wait_for_everyone()
+    return GRPOResult(out, output.global_step, len(rows), minutes, rollout_minutes, history)
