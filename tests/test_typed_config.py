@@ -90,7 +90,7 @@ def test_apply_override_creates_nested_mappings():
 
 
 def test_every_shipped_config_loads():
-    """configs/: every SFT config is valid (keys, types, values); DeepSpeed and accelerate files parse."""
+    """configs/: every SFT and GRPO config is valid (keys, types, values); DeepSpeed and accelerate files parse."""
     import json
     from pathlib import Path
 
@@ -101,6 +101,14 @@ def test_every_shipped_config_loads():
     assert len(sft) >= 4
     for path in sft:
         cfg = load_config(SFTConfig, path)
+        if cfg.deepspeed:
+            assert (root.parent / cfg.deepspeed).is_file(), path
+    from thyme.train.grpo_config import GRPOConfig
+
+    grpo = sorted((root / "grpo").glob("*.yaml"))
+    assert len(grpo) >= 2
+    for path in grpo:
+        cfg = load_config(GRPOConfig, path)
         if cfg.deepspeed:
             assert (root.parent / cfg.deepspeed).is_file(), path
     for path in (root / "deepspeed").glob("*.json"):

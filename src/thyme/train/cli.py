@@ -1,6 +1,7 @@
 """`thyme train ...`: training commands (thin wrappers over `thyme.train`).
 
     thyme train sft CONFIG.yaml [--set key=value ...] [--check]
+    thyme train grpo CONFIG.yaml [--set key=value ...] [--check]
 
 Under `accelerate launch` every process runs the same command (`accelerate launch -m thyme train sft ...`;
 on a CPU-only machine add `--multi_gpu` to get several gloo processes, which this command checks).
@@ -14,7 +15,7 @@ import pathlib
 import typer
 from rich.console import Console
 
-train_app = typer.Typer(help="Train models: SFT (and, later, GRPO-ATS) on TRL.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on TRL: SFT and GRPO-ATS.", no_args_is_help=True)
 _err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -59,6 +60,55 @@ def sft(
     _err.print(
         f"trained {result.steps} steps on {result.samples} samples ({result.dropped} too long, left out) in "
         f"{result.minutes:.1f} min; train loss {loss}; model saved to {result.output_dir}"
+    )
+
+
+@train_app.command("grpo")
+def grpo(
+    config: pathlib.Path = typer.Argument(..., help="YAML config (see configs/grpo/ and the README)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override one key: --set max_steps=20 --set code_temperature=null (repeatable)."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Check the config and data, print the plan, and stop before loading the model."
+    ),
+) -> None:
+    """GRPO-ATS with rollouts from the agent loop (sandbox output inside the turn), on TRL's GRPOTrainer."""
+    from thyme.config import ConfigError, load_config
+    from thyme.data.sample import SampleError
+    from thyme.train.grpo_config import GRPOConfig
+
+    single = lone_accelerate_process()
+    if single:
+        _fail(ValueError(single))
+    try:
+        cfg = load_config(GRPOConfig, config, overrides)
+        from thyme.train.grpo_run import check_grpo, prompt_rows, run_grpo
+
+        resume = check_grpo(cfg)
+        prompts = len(prompt_rows(cfg))
+    except (ConfigError, SampleError, ImportError) as exc:
+        _fail(exc)
+    ats = (
+        "greedy code (ATS)"
+        if cfg.code_temperature == 0
+        else f"code at T={cfg.code_temperature or cfg.temperature}"
+    )
+    if check:
+        _err.print(
+            f"config ok: {prompts} prompts x {cfg.num_generations} rollouts, text at T={cfg.temperature}, "
+            f"{ats}, reward {cfg.reward!r}, {cfg.finetune} fine-tune of {cfg.model} into {cfg.output_dir}"
+        )
+        _err.print(f"resume from: {resume or 'nothing (a fresh run)'}")
+        raise typer.Exit(0)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_grpo(cfg)
+    except (ConfigError, SampleError) as exc:
+        _fail(exc)
+    _err.print(
+        f"trained {result.steps} steps on {result.prompts} prompts in {result.minutes:.1f} min "
+        f"({result.rollout_minutes:.1f} min of rollouts); model saved to {result.output_dir}"
     )
 
 
