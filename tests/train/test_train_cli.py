@@ -113,3 +113,40 @@ def test_two_processes_give_the_loss_curve_of_one(tiny_model_dir, compute_data, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("INFO thyme.train.sft: training on cpu") == 2  # really two processes
     assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-4)
+
+
+def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
+    """`thyme train grpo` on prompts the scripted model answers with code, rewarded by the default reward."""
+    from thyme.data.sample import Sample
+    from thyme.data.store import SampleStore
+    from thyme.protocol import ImagePart, TextPart
+
+    store = SampleStore(tmp_path / "prompts")
+    image = store.add_image(images[0])
+    store.append(
+        Sample(f"q{i}", "", (ImagePart(image), TextPart(q)), (), answer=a, meta={"question": q})
+        for i, (q, a) in enumerate([("What is six times seven?", "42"), ("Zoom in on the corner.", "blue")])
+    )
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text(
+        f"model: {scripted_model}\noutput_dir: {tmp_path / 'out'}\ndata:\n  - path: {tmp_path / 'prompts'}\n"
+        "num_generations: 2\nbatch_size: 4\ngrad_accum: 1\nmax_steps: 2\nmax_turns: 3\nmax_new_tokens: 96\n"
+        "learning_rate: 1.0e-4\nbeta: 0.0\nreport_to: [none]\ndevice: cpu\nsave_steps: 100\n"
+    )
+    check = run([*THYME, "train", "grpo", str(cfg), "--check"])
+    assert (
+        check.returncode == 0
+        and "2 prompts x 2 rollouts" in check.stderr
+        and "greedy code (ATS)" in check.stderr
+    )
+    done = run([*THYME, "train", "grpo", str(cfg)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "thyme_grpo.json").read_text())
+    logged = [h for h in summary["log_history"] if "reward" in h]
+    assert len(logged) == 2 and summary["rollout_minutes"] > 0
+    # "42" is right (1 + 0.5 format), "red" is not "blue" (0.5 format only): the mean reward is 1.0
+    assert logged[0]["reward"] == pytest.approx(1.0)
+    assert logged[0]["tools/code_call_rate"] == 1.0
+    assert "thyme/format" in logged[0] and logged[0]["thyme/format"] == 1.0
+    bad = run([*THYME, "train", "grpo", str(cfg), "--set", "reward=bogus"])
+    assert bad.returncode == 2 and "reward: 'bogus' is not registered" in bad.stderr

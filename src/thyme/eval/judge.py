@@ -7,6 +7,7 @@ evaluation, through the project's own HTTP client (`OpenAIBackend`, standard lib
     judge = Judge("http://gpu-box:8000/v1", "Qwen2.5-72B-Instruct", cache_path=out / "judge.jsonl")
     judge.verdict(question, gold, prediction)        # True / False / None (endpoint failed: use the rules)
     score, judged = score_with_judge(task, judge, prediction, sample)   # rules first, the judge for the rest
+    judge.ask(system, prompt, key="Consistency")     # a 0/1 question of the caller's own (RL rewards)
 
 Verdicts are cached by a hash of (judge model, prompt, question, gold, prediction), in memory and, with
 `cache_path`, in a JSONL file that resumed runs reuse. Replies are parsed leniently (prose or a reasoning
@@ -18,6 +19,7 @@ so a dead endpoint costs one timeout per sample only a few times.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -55,13 +57,14 @@ PROMPT_HASH = hashlib.sha256((JUDGE_SYSTEM + "\n" + JUDGE_PROMPT).encode()).hexd
 
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _OBJECT_RE = re.compile(r"\{[^{}]*\}")
-_LOOSE_RE = re.compile(r"correctness\W{0,4}?\s*[:=]\s*[\"']?\s*(1|0|true|false|yes|no)\b", re.IGNORECASE)
 _TRUTHY = {"1": 1, "1.0": 1, "true": 1, "yes": 1, "correct": 1, "0": 0, "0.0": 0, "false": 0, "no": 0}
 
 
-def parse_verdict(reply: str) -> int | None:
-    """1 or 0 from a judge's reply, or None when it states no verdict; the last verdict stated wins."""
+def parse_verdict(reply: str, key: str = "Correctness") -> int | None:
+    """1 or 0 from a judge's reply (`{"<key>": 0|1}`), or None when it states no verdict; the last verdict
+    stated wins. The key is matched case-insensitively."""
     text = _THINK_RE.sub(" ", reply)
+    wanted = key.strip().lower()
     found: list[int] = []
     for match in _OBJECT_RE.finditer(text):
         try:
@@ -69,14 +72,20 @@ def parse_verdict(reply: str) -> int | None:
         except ValueError:
             data = None
         if isinstance(data, dict):
-            value = next((v for k, v in data.items() if str(k).strip().lower() == "correctness"), None)
+            value = next((v for k, v in data.items() if str(k).strip().lower() == wanted), None)
             verdict = _as_verdict(value)
             if verdict is not None:
                 found.append(verdict)
     if found:
         return found[-1]
-    loose = _LOOSE_RE.findall(text)
+    loose = _loose_re(wanted).findall(text)
     return _TRUTHY[loose[-1].lower()] if loose else None
+
+
+@functools.cache
+def _loose_re(key: str) -> re.Pattern[str]:
+    """`Key: 1`, `'Key': 0`, `KEY = true`: a verdict written outside valid JSON."""
+    return re.compile(re.escape(key) + r"\W{0,4}?\s*[:=]\s*[\"']?\s*(1|0|true|false|yes|no)\b", re.IGNORECASE)
 
 
 def _as_verdict(value: Any) -> int | None:
@@ -177,15 +186,23 @@ class Judge:
     # -- verdicts ---------------------------------------------------------------------------------------
     def verdict(self, question: str, gold: str, prediction: str) -> bool | None:
         """Whether `prediction` answers `question` as `gold` does; None when the judge could not say."""
-        key = self._key(question, gold, prediction)
+        prompt = JUDGE_PROMPT.format(question=question, gold=gold, prediction=prediction)
+        return self._ask(self._key(question, gold, prediction), JUDGE_SYSTEM, prompt, "Correctness")
+
+    def ask(self, system: str, prompt: str, *, key: str = "Correctness") -> bool | None:
+        """A 0/1 question of the caller's own, whose prompt asks for `{"<key>": 0|1}`: the answer as a bool,
+        or None when the judge could not say. Cached, retried and failure-counted like `verdict`."""
+        blob = json.dumps([self.model, system, prompt, key], ensure_ascii=False)
+        return self._ask(hashlib.sha256(blob.encode()).hexdigest(), system, prompt, key)
+
+    def _ask(self, cache_key: str, system: str, prompt: str, key: str) -> bool | None:
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+            if cache_key in self._cache:
+                return self._cache[cache_key]
         if self.disabled:
             return None
-        prompt = JUDGE_PROMPT.format(question=question, gold=gold, prediction=prediction)
         request = GenerationRequest(
-            Conversation(system=JUDGE_SYSTEM, user=(TextPart(prompt),)), self.params, stops=()
+            Conversation(system=system, user=(TextPart(prompt),)), self.params, stops=()
         )
         for attempt in range(self.attempts):
             try:
@@ -195,13 +212,15 @@ class Judge:
                 return None
             with self._lock:
                 self._failures = 0
-            verdict = parse_verdict(generation.text)
+            verdict = parse_verdict(generation.text, key)
             if verdict is not None:
-                self._store(key, bool(verdict))
+                self._store(cache_key, bool(verdict))
                 return bool(verdict)
             log.debug("judge reply %d has no verdict: %r", attempt + 1, generation.text[:200])
         log.warning(
-            "the judge gave no parseable verdict in %d replies; scoring this one by rules", self.attempts
+            "the judge gave no parseable %r verdict in %d replies; going on without it for this one",
+            key,
+            self.attempts,
         )
         return None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from thyme.rewards.combine import RewardConfig
 from thyme.train.config import DataSource, LoraSettings
 
 
@@ -23,8 +24,9 @@ class GRPOConfig:
     data:      prompts: any source `read_samples` reads (Thyme-RL conversions, `thyme synth` directories...);
                each sample needs an answer, an image and its plain question (`meta.question`).
     reward:    a registered reward (`thyme.rewards`); "thyme" is r = result x (1 + 0.5 consistency) +
-               0.5 format. judge_url / judge_model: an OpenAI-compatible judge (accuracy fallback and
-               consistency); without one the rule-based path runs and consistency is off.
+               0.5 format, its weights and the optional judge in `rewards` (`rewards.judge.url`,
+               `rewards.judge.model`: an OpenAI-compatible judge for the accuracy fallback and consistency;
+               without one the rule-based path runs and consistency is off).
     code_temperature: 0.0 = ATS (code greedy); null = one fixed temperature everywhere (the ablation).
     """
 
@@ -33,8 +35,7 @@ class GRPOConfig:
     data: tuple[DataSource, ...]
     # -- rewards
     reward: str = "thyme"
-    judge_url: str | None = None
-    judge_model: str | None = None
+    rewards: RewardConfig = field(default_factory=RewardConfig)
     # -- rollouts
     num_generations: int = 4
     max_turns: int = 4
@@ -113,8 +114,6 @@ class GRPOConfig:
             raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
         if self.beta < 0 or self.epsilon <= 0:
             raise ValueError("beta must be >= 0 and epsilon > 0")
-        if (self.judge_url is None) != (self.judge_model is None):
-            raise ValueError("give both judge_url and judge_model, or neither")
         if not 0 <= self.code_call_floor < 1:
             raise ValueError(f"code_call_floor={self.code_call_floor} must be in [0, 1)")
         if self.epochs <= 0 and self.max_steps < 1:

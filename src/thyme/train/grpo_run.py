@@ -164,6 +164,17 @@ def agent_config(config: GRPOConfig):
     )
 
 
+def build_reward(config: GRPOConfig):
+    """The TRL reward function `config.reward` names: "thyme" with `config.rewards`, or one part alone
+    (given the judge `config.rewards.judge` describes, if any)."""
+    from thyme.rewards import RewardJudge, reward_function
+
+    if config.reward == "thyme":
+        return reward_function("thyme", config.rewards)
+    judge = config.rewards.judge
+    return reward_function(config.reward, judge=RewardJudge.from_settings(judge) if judge else None)
+
+
 def run_grpo(config: GRPOConfig) -> GRPOResult:
     """Train as `config` says and save the final model (see the module docstring)."""
     import datasets
@@ -172,7 +183,6 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
 
     from thyme.models.encoding import Encoder
     from thyme.models.processor import load_processor
-    from thyme.rewards import build_reward
     from thyme.sandbox import Sandbox, SandboxConfig
     from thyme.train.grpo import ThymeGRPOTrainer
     from thyme.train.sft import freeze_vision, lora_config
@@ -193,7 +203,7 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=dtype)
     freeze_vision(model, config)
-    reward = build_reward(config.reward, judge_url=config.judge_url, judge_model=config.judge_model)
+    reward = build_reward(config)
     with Sandbox(SandboxConfig(timeout_s=config.sandbox_timeout_s)) as sandbox:
         trainer = ThymeGRPOTrainer(
             model=model,
