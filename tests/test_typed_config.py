@@ -90,7 +90,7 @@ def test_apply_override_creates_nested_mappings():
 
 
 def test_every_shipped_config_loads():
-    """configs/: every SFT and GRPO config is valid (keys, types, values); DeepSpeed and accelerate files parse."""
+    """configs/: every SFT and GRPO config is valid; the DeepSpeed and accelerate files parse."""
     import json
     from pathlib import Path
 
