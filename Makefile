@@ -10,7 +10,7 @@ EXTRAS ?= dev,models,eval,train
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.thyme-installed
 
-.PHONY: test demo lint bench clean-venv test-unprivileged
+.PHONY: test demo lint bench clean-venv test-unprivileged test-verl
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,3 +45,12 @@ test-unprivileged:
 	git ls-files -z | xargs -0 -I{} cp --parents {} /home/$(TEST_USER)/repo/
 	chown -R $(TEST_USER): /home/$(TEST_USER)/repo
 	su $(TEST_USER) -c 'cd ~/repo && /usr/bin/python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev,models]" $(TORCH) && .venv/bin/pytest -q tests/sandbox tests/test_cli.py'
+
+# The verl agent loop needs verl's own environment (verl 0.9 pins an older transformers): a second
+# virtualenv, .venv-verl/, where the adapter runs inside real verl against a fake server manager and a real
+# `thyme sandbox serve` (tests/verl). .ci/run calls it after `make test`.
+VERL_VENV ?= .venv-verl
+test-verl:
+	test -x $(VERL_VENV)/bin/python || python3 -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install -q -e ".[verl,dev]" $(TORCH)
+	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/verl
