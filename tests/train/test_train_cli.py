@@ -115,8 +115,8 @@ def test_two_processes_give_the_loss_curve_of_one(tiny_model_dir, compute_data, 
     assert curve(tmp_path / "two") == pytest.approx(curve(tmp_path / "one"), rel=1e-4)
 
 
-def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
-    """`thyme train grpo` on prompts the scripted model answers with code, rewarded by the default reward."""
+def grpo_config(scripted_model, images, tmp_path, **extra) -> Path:
+    """Prompts the scripted model answers with code, and a small GRPO config over them."""
     from thyme.data.sample import Sample
     from thyme.data.store import SampleStore
     from thyme.protocol import ImagePart, TextPart
@@ -127,12 +127,37 @@ def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
         Sample(f"q{i}", "", (ImagePart(image), TextPart(q)), (), answer=a, meta={"question": q})
         for i, (q, a) in enumerate([("What is six times seven?", "42"), ("Zoom in on the corner.", "blue")])
     )
+    settings = {
+        "model": scripted_model,
+        "output_dir": tmp_path / "out",
+        "num_generations": 2,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "max_steps": 2,
+        "max_turns": 3,
+        "max_new_tokens": 96,
+        "learning_rate": "1.0e-4",
+        "beta": 0.0,
+        "report_to": "[none]",
+        "device": "cpu",
+        "save_steps": 100,
+        **extra,
+    }
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text(
-        f"model: {scripted_model}\noutput_dir: {tmp_path / 'out'}\ndata:\n  - path: {tmp_path / 'prompts'}\n"
-        "num_generations: 2\nbatch_size: 4\ngrad_accum: 1\nmax_steps: 2\nmax_turns: 3\nmax_new_tokens: 96\n"
-        "learning_rate: 1.0e-4\nbeta: 0.0\nreport_to: [none]\ndevice: cpu\nsave_steps: 100\n"
-    )
+    lines = [f"data:\n  - path: {tmp_path / 'prompts'}"] + [f"{k}: {v}" for k, v in settings.items()]
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def grpo_log(out: Path) -> list[dict]:
+    summary = json.loads((out / "thyme_grpo.json").read_text())
+    assert summary["rollout_minutes"] > 0
+    return [h for h in summary["log_history"] if "reward" in h]
+
+
+def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
+    """`thyme train grpo` on prompts the scripted model answers with code, rewarded by the default reward."""
+    cfg = grpo_config(scripted_model, images, tmp_path)
     check = run([*THYME, "train", "grpo", str(cfg), "--check"])
     assert (
         check.returncode == 0
@@ -141,12 +166,24 @@ def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
     )
     done = run([*THYME, "train", "grpo", str(cfg)])
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "thyme_grpo.json").read_text())
-    logged = [h for h in summary["log_history"] if "reward" in h]
-    assert len(logged) == 2 and summary["rollout_minutes"] > 0
+    logged = grpo_log(tmp_path / "out")
     # "42" is right (1 + 0.5 format), "red" is not "blue" (0.5 format only): the mean reward is 1.0
-    assert logged[0]["reward"] == pytest.approx(1.0)
+    assert len(logged) == 2 and logged[0]["reward"] == pytest.approx(1.0)
     assert logged[0]["tools/code_call_rate"] == 1.0
     assert "thyme/format" in logged[0] and logged[0]["thyme/format"] == 1.0
     bad = run([*THYME, "train", "grpo", str(cfg), "--set", "reward=bogus"])
     assert bad.returncode == 2 and "reward: 'bogus' is not registered" in bad.stderr
+
+
+@pytest.mark.slow
+def test_train_grpo_under_two_accelerate_processes(scripted_model, images, tmp_path):
+    """Two gloo processes, batch 2 each: rollouts per process, rewards and advantages over both."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    cfg = grpo_config(scripted_model, images, tmp_path, batch_size=2)
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "thyme", "train", "grpo", str(cfg)]
+    done = run(launch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("trained 2 steps on 2 prompts") == 2
+    logged = grpo_log(tmp_path / "out")
+    assert len(logged) == 2 and logged[0]["reward"] == pytest.approx(1.0)
