@@ -13,7 +13,6 @@ per step, the minutes spent in rollouts and in updates).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from thyme.config import ConfigError, to_plain
-from thyme.files import atomic_write
+from thyme.train.common import check_run, freeze_vision, lora_config, save_final, trainer_arguments
 from thyme.train.grpo_config import GRPOConfig
 
 log = logging.getLogger(__name__)
@@ -41,31 +40,14 @@ class GRPOResult:
 
 def check_grpo(config: GRPOConfig) -> str | None:
     """Checks that need no model; returns the checkpoint to resume from (ConfigError otherwise)."""
-    from thyme.train.sft import machine, resume_point
-
-    model = Path(config.model).expanduser()
-    if (model.is_absolute() or config.model.startswith(".") or model.exists()) and not (
-        model / "config.json"
-    ).is_file():
-        raise ConfigError(f"model: {config.model} holds no config.json; give a checkpoint directory")
-    for source in config.data:
-        if not Path(source.path).exists():
-            raise ConfigError(f"data: {source.path} does not exist")
-    if config.deepspeed is not None and not Path(config.deepspeed).is_file():
-        raise ConfigError(f"deepspeed: {config.deepspeed} does not exist; give a DeepSpeed JSON config")
-    if config.use_vllm:
-        raise ConfigError("use_vllm: true is not supported yet; rollouts run on the transformers backend")
-    machine(config)
     from thyme.rewards import reward_names
 
+    if config.use_vllm:
+        raise ConfigError("use_vllm: true is not supported yet; rollouts run on the transformers backend")
     if config.reward not in reward_names():
-        raise ConfigError(
-            f"reward: {config.reward!r} is not registered; choose one of {', '.join(reward_names())}"
-        )
-    out = Path(config.output_dir)
-    if (out / RESULT_FILE).is_file():
-        raise ConfigError(f"output_dir: {out} holds a finished run; choose a new output_dir")
-    return resume_point(config.resume, out)
+        names = ", ".join(reward_names())
+        raise ConfigError(f"reward: {config.reward!r} is not registered; choose one of {names}")
+    return check_run(config, RESULT_FILE)
 
 
 def prompt_rows(config: GRPOConfig) -> list[dict[str, Any]]:
@@ -100,32 +82,8 @@ def trl_grpo_arguments(config: GRPOConfig):
     """TRL's `GRPOConfig` for our run."""
     import trl
 
-    from thyme.train.sft import machine, report_targets
-
-    use_cpu, precision = machine(config)
     return trl.GRPOConfig(
-        output_dir=config.output_dir,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        use_cpu=use_cpu,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
-        deepspeed=config.deepspeed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=report_targets(config.report_to),
+        **trainer_arguments(config),
         num_generations=config.num_generations,
         # Log-probs at temperature 1 for every token (ATS samples code greedily in the rollouts).
         temperature=1.0,
@@ -137,7 +95,6 @@ def trl_grpo_arguments(config: GRPOConfig):
         num_iterations=config.num_iterations,
         max_completion_length=config.max_new_tokens * config.max_turns,
         use_vllm=False,
-        remove_unused_columns=False,
     )
 
 
@@ -185,8 +142,6 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
     from thyme.models.processor import load_processor
     from thyme.sandbox import Sandbox, SandboxConfig
     from thyme.train.grpo import ThymeGRPOTrainer
-    from thyme.train.sft import freeze_vision, lora_config
-    from thyme.train.trainer import release_checkpoint_layout
 
     resume = check_grpo(config)
     started = time.perf_counter()
@@ -222,22 +177,13 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
     minutes = (time.perf_counter() - started) / 60
     history = list(trainer.state.log_history)
     rollout_minutes = trainer.rollout_seconds / 60
-    out = Path(config.output_dir)
-    if trainer.accelerator.is_main_process:
-        final = trainer.model
-        if config.finetune == "lora":
-            final = final.merge_and_unload()
-        release_checkpoint_layout(final)
-        final.save_pretrained(out)
-        processor.save_pretrained(out)
-        summary = {
-            "config": to_plain(config),
-            "prompts": len(rows),
-            "steps": output.global_step,
-            "minutes": minutes,
-            "rollout_minutes": rollout_minutes,
-            "log_history": history,
-        }
-        atomic_write(out / RESULT_FILE, json.dumps(summary, indent=1, default=str))
-    trainer.accelerator.wait_for_everyone()
+    summary = {
+        "config": to_plain(config),
+        "prompts": len(rows),
+        "steps": output.global_step,
+        "minutes": minutes,
+        "rollout_minutes": rollout_minutes,
+        "log_history": history,
+    }
+    out = save_final(trainer, processor, config, RESULT_FILE, summary)
     return GRPOResult(out, output.global_step, len(rows), minutes, rollout_minutes, history)
