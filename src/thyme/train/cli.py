@@ -30,20 +30,12 @@ def sft(
     ),
 ) -> None:
     """Supervised fine-tuning with the reference's loss masks, on TRL's SFTTrainer."""
-    from thyme.config import ConfigError, load_config
+    from thyme.config import ConfigError
     from thyme.data.sample import SampleError
-    from thyme.train.config import SFTConfig
 
-    single = lone_accelerate_process()
-    if single:
-        _fail(ValueError(single))
-    try:
-        cfg = load_config(SFTConfig, config, overrides)
-        from thyme.train.sft import check_config, run_sft
+    cfg, resume = _configured("sft", config, overrides)
+    from thyme.train.sft import run_sft
 
-        resume = check_config(cfg)
-    except (ConfigError, ImportError) as exc:
-        _fail(exc)
     if check:
         _err.print(f"config ok: {cfg.finetune} fine-tune of {cfg.model} into {cfg.output_dir}")
         _err.print(f"resume from: {resume or 'nothing (a fresh run)'}")
@@ -74,20 +66,15 @@ def grpo(
     ),
 ) -> None:
     """GRPO-ATS with rollouts from the agent loop (sandbox output inside the turn), on TRL's GRPOTrainer."""
-    from thyme.config import ConfigError, load_config
+    from thyme.config import ConfigError
     from thyme.data.sample import SampleError
-    from thyme.train.grpo_config import GRPOConfig
 
-    single = lone_accelerate_process()
-    if single:
-        _fail(ValueError(single))
+    cfg, resume = _configured("grpo", config, overrides)
+    from thyme.train.grpo_run import prompt_rows, run_grpo
+
     try:
-        cfg = load_config(GRPOConfig, config, overrides)
-        from thyme.train.grpo_run import check_grpo, prompt_rows, run_grpo
-
-        resume = check_grpo(cfg)
         prompts = len(prompt_rows(cfg))
-    except (ConfigError, SampleError, ImportError) as exc:
+    except SampleError as exc:
         _fail(exc)
     ats = (
         "greedy code (ATS)"
@@ -110,6 +97,27 @@ def grpo(
         f"trained {result.steps} steps on {result.prompts} prompts in {result.minutes:.1f} min "
         f"({result.rollout_minutes:.1f} min of rollouts); model saved to {result.output_dir}"
     )
+
+
+def _configured(stage: str, path: pathlib.Path, overrides: list[str]):
+    """(config, checkpoint to resume from) of `stage`, everything checked before anything loads; on a
+    problem, one line and exit 2."""
+    from thyme.config import ConfigError, load_config
+
+    single = lone_accelerate_process()
+    if single:
+        _fail(ValueError(single))
+    try:
+        if stage == "sft":
+            from thyme.train.config import SFTConfig as Config
+            from thyme.train.sft import check_config as check
+        else:
+            from thyme.train.grpo_config import GRPOConfig as Config
+            from thyme.train.grpo_run import check_grpo as check
+        cfg = load_config(Config, path, overrides)
+        return cfg, check(cfg)
+    except (ConfigError, ImportError) as exc:
+        _fail(exc)
 
 
 def lone_accelerate_process(env=None) -> str | None:
