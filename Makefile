@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Each creates .venv/ at the repository root when missing.
+# Two commands: `make demo` and `make test` (and `make tiny`, which retrains the bundled thyme-tiny). Each creates .venv/ at the repository root when missing.
 #
 # torch: the `models` and `train` extras need it; pip installs $(TORCH) in the same command (on CPU machines
 # `torch==2.13.0` comes from local disk). To keep a CUDA torch you already have in .venv, pass an empty
@@ -10,7 +10,7 @@ EXTRAS ?= dev,models,eval,train
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.thyme-installed
 
-.PHONY: test demo lint bench clean-venv test-unprivileged test-verl
+.PHONY: test demo tiny lint bench clean-venv test-unprivileged test-verl
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,14 +19,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 test: lint
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/thyme demo
+
+# thyme-tiny from scratch on this CPU: toy-world data, SFT, GRPO-ATS, evaluation, and the copy bundled in
+# src/thyme/models/thyme-tiny/ (resumable; prints the minutes spent in SFT and in RL).
+tiny: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(nproc)} $(PY) scripts/make_tiny.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/sandbox_bench.py

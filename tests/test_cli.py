@@ -93,16 +93,22 @@ def test_sandbox_exec_missing_file_is_one_clear_line(tmp_path):
     assert "is not a file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    result = thyme("demo", "--out", str(tmp_path / "demo"))
+def test_demo_runs_thyme_tiny_end_to_end(tmp_path):
+    """The bundled model answers a freshly drawn zoom question with code: its code ran, an image came back,
+    and the trajectory page was written."""
+    result = thyme("demo", "--out", str(tmp_path / "demo"), "--seed", "3")
     assert result.returncode == 0, result.stdout + result.stderr
-    zoom = tmp_path / "demo" / "crop_and_zoom_0.png"
-    assert zoom.exists()
-    # The 60x25 box ran off the image; the crop was clamped inside it and enlarged to 64 px per side,
-    # then zoomed 4x by the code.
-    assert Image.open(zoom).size == (256, 256)
-    assert "crop_clamp" in result.stdout and "image_path" in result.stdout
-    assert "180.5" in result.stdout
+    assert (tmp_path / "demo" / "image.png").exists() and (tmp_path / "demo" / "trajectory.html").exists()
+    for shown in ("question", "code (step 1)", "sandbox", "image:", "answer:", "gold answer"):
+        assert shown in result.stdout, shown
+
+
+def test_demo_bad_options_are_one_line(tmp_path):
+    result = thyme("demo", "--task", "bogus", "--out", str(tmp_path / "d"))
+    assert result.returncode == 2 and "choose one of: zoom, compute" in result.stdout
+    (tmp_path / "file").write_text("x")
+    result = thyme("demo", "--out", str(tmp_path / "file"))
+    assert result.returncode == 2 and "is a file" in result.stdout and "Traceback" not in result.stderr
 
 
 def test_models_tiny_builds_offline(tmp_path):

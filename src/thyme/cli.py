@@ -49,14 +49,15 @@ def _main(
 
 @app.command()
 def demo(
-    out: pathlib.Path = typer.Option(
-        pathlib.Path("demo_out"), help="Where the scene and outputs are written."
-    ),
+    out: pathlib.Path = typer.Option(pathlib.Path("demo_out"), help="Where the image and trajectory go."),
+    task: str = typer.Option("zoom", help="zoom (find a tiny label and read it) | compute (multiply)."),
+    seed: int = typer.Option(None, help="Toy-world test seed of the image (default: a new one each run)."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda."),
 ) -> None:
-    """Run released-model-shaped crop/zoom and calculation code in the real sandbox on a generated image."""
+    """Run the bundled thyme-tiny offline on a freshly drawn toy-world image, each step shown live."""
     from thyme.demo import run_demo
 
-    raise typer.Exit(run_demo(out, console))
+    raise typer.Exit(run_demo(out, console, task=task, seed=seed, device=device))
 
 
 @app.command()

@@ -16,7 +16,7 @@ from thyme.protocol import (
     PromptPreset,
     get_preset,
 )
-from thyme.protocol.presets import read_prompt_file
+from thyme.protocol.presets import direct_preset, read_prompt_file
 
 # SHA-256 of the released strings, checked against the reference (scripts/prompt.txt and
 # eval/VLMEvalKit/vlmeval/vlm/thyme/utils.py, with the f-string fields renamed to our placeholders).
@@ -98,7 +98,25 @@ def test_direct_presets():
 
 
 def test_tool_presets_invite_code():
-    assert get_preset("released").tools and get_preset("default").tools
+    assert get_preset("released").tools and get_preset("default").tools and get_preset("compact").tools
+
+
+def test_every_tool_preset_names_its_direct_counterpart():
+    pairs = {name: direct_preset(preset).name for name, preset in PRESETS.items() if preset.tools}
+    assert pairs == {"released": "released_direct", "default": "direct", "compact": "compact_direct"}
+    for preset in PRESETS.values():
+        assert not direct_preset(preset).tools
+        if not preset.tools:
+            assert direct_preset(preset) is preset
+
+
+def test_compact_preset_is_the_grammar_in_one_sentence_and_the_bare_question():
+    compact, direct = get_preset("compact"), get_preset("compact_direct")
+    for tag in (CODE_OPEN, SANDBOX_OPEN, "<answer>", "<think>"):
+        assert tag in compact.system
+    assert compact.system.count(".") <= 3 and len(compact.system) < len(get_preset("default").system) / 4
+    assert compact.user_text("What colour?") == direct.user_text("What colour?") == "What colour?"
+    assert direct.answer_tagged and CODE_OPEN not in direct.system
 
 
 def test_unknown_preset_lists_valid_names():

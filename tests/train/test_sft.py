@@ -151,3 +151,26 @@ def test_modality_chunks_never_mix_image_and_text_only_samples():
     for start in range(0, len(order), 4):
         assert len({flags[i] for i in order[start : start + 4]}) == 1
     assert modality_order(flags, 4, seed=0) == order and modality_order(flags, 4, seed=1) != order
+
+
+def test_a_run_in_one_named_preset_records_it_and_groups_by_length(tiny_model_dir, compute_data, tmp_path):
+    """Every source in `compact`: gold samples get the compact prompt, direct ones its direct counterpart,
+    and the saved model's thyme.json names it (the agent then asks the model in that prompt)."""
+    from thyme.agent.backends.base import MODEL_CARD, model_preset
+    from thyme.protocol import get_preset
+
+    compact = (DataSource(str(compute_data), ("gold", "direct"), "compact"),)
+    cfg = config(tiny_model_dir, compute_data, tmp_path / "out", max_steps=2, group_by_length=True)
+    cfg = SFTConfig(**{**cfg.__dict__, "data": compact})
+    prepared = prepare_sft(cfg)
+    assert prepared.trainer.args.train_sampling_strategy == "group_by_length"
+    systems = {json.loads(row)["system"] for row in prepared.train.dataset["sample"]}
+    assert systems == {get_preset("compact").system, get_preset("compact_direct").system}
+    run_sft(cfg)
+    assert json.loads((tmp_path / "out" / MODEL_CARD).read_text()) == {"preset": "compact"}
+    assert model_preset(str(tmp_path / "out")) == "compact"
+    # Sources in different (or unnamed) presets record nothing: the model's prompt is not one preset.
+    run_sft(config(tiny_model_dir, compute_data, tmp_path / "plain", max_steps=1))
+    assert not (tmp_path / "plain" / MODEL_CARD).exists()
+    with pytest.raises(ValueError, match="choose one"):
+        config(tiny_model_dir, compute_data, tmp_path / "x", group_by_length=True, keep_modalities_apart=True)

@@ -73,9 +73,10 @@ class AgentConfig:
     """How the loop runs one trajectory.
 
     preset:            prompt preset name (`thyme.protocol.PRESETS`); None = the model's default (the released
-                       prompt for released Thyme checkpoints, `default` otherwise).
-    direct_preset:     preset for `tools=False` runs and for the fallback; None = `released_direct` with the
-                       released preset, `direct` otherwise.
+                       prompt for released Thyme checkpoints, the preset a checkpoint's `thyme.json` names,
+                       `default` otherwise).
+    direct_preset:     preset for `tools=False` runs and for the fallback; None = the preset's own direct
+                       counterpart (`released_direct` for `released`, `direct` for `default`).
     max_steps:         generation rounds per trajectory (each ends at `</code>`, `</answer>` or EOS).
     max_images:        images fed back per trajectory; beyond it the code's images are not shown (a note is).
     max_context_tokens: prompt + generation budget of a trajectory; once a step reaches it, the trajectory

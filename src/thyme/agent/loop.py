@@ -38,7 +38,7 @@ from thyme.agent.config import AgentConfig
 from thyme.agent.episode import Episode, Prompt
 from thyme.agent.events import Event
 from thyme.agent.trajectory import Trajectory
-from thyme.protocol import get_preset
+from thyme.protocol import direct_preset, get_preset
 
 EventCallback = Callable[[int, Event], None]
 
@@ -85,10 +85,9 @@ class Agent:
         self.artifacts_dir = Path(artifacts_dir or tempfile.mkdtemp(prefix="thyme-agent-"))
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self._ids = itertools.count()
-        preset = self.config.preset or backend.default_preset
-        self.preset = get_preset(preset)
-        self.direct_preset = get_preset(
-            self.config.direct_preset or ("released_direct" if preset == "released" else "direct")
+        self.preset = get_preset(self.config.preset or backend.default_preset)
+        self.direct_preset = (
+            get_preset(self.config.direct_preset) if self.config.direct_preset else direct_preset(self.preset)
         )
 
     @classmethod

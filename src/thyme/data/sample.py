@@ -139,17 +139,18 @@ class Sample:
         """One `thyme synth` row (`root` is its directory) as a sample.
 
         variant: "gold" (the verified code trajectory) or "direct" (the no-code answer).
-        preset:  the prompt preset of the user turn; default "default" for gold and "direct" for direct,
-                 the presets `thyme eval` uses with and without tools.
+        preset:  the tool-using prompt preset (default "default"); a direct sample takes its direct
+                 counterpart ("direct"), as `thyme eval` does with and without tools.
         """
         from PIL import Image
 
         from thyme.agent.episode import Prompt, user_parts
-        from thyme.protocol import get_preset
+        from thyme.protocol import direct_preset, get_preset
 
         if variant not in ("gold", "direct"):
             raise SampleError(f"toy-world variant {variant!r}: choose gold or direct")
-        chosen = get_preset(preset or ("default" if variant == "gold" else "direct"))
+        chosen = get_preset(preset or "default")
+        chosen = chosen if variant == "gold" else direct_preset(chosen)
         image = root / row["image"]
         with Image.open(image) as img:
             size = img.size

@@ -50,7 +50,7 @@ from thyme.protocol.grammar import (
     THINK_OPEN,
 )
 from thyme.protocol.parser import code_blocks, is_code_open, parse_assistant, pending_code
-from thyme.protocol.presets import PRESETS, PromptPreset, get_preset
+from thyme.protocol.presets import PRESETS, PromptPreset, direct_preset, get_preset
 from thyme.protocol.segments import (
     AnswerSegment,
     CodeSegment,
@@ -88,6 +88,7 @@ __all__ = [
     "ThinkTag",
     "code_blocks",
     "cut_at_first_stop",
+    "direct_preset",
     "extract_answer",
     "extract_option_letter",
     "feedback_text",

@@ -12,6 +12,11 @@ the exact string (a trailing newline is part of it when present):
 - `default`: our own wording of the same grammar, for models we train; no file path in the prompt (the
   sandbox gives the code `image_path`).
 - `direct`: our own direct-answer prompt for `tools=False` baselines; asks for `<answer>` tags.
+- `compact` / `compact_direct`: the same grammar in one sentence and the bare question, for small models
+  trained from scratch (thyme-tiny), where a long constant prompt would cost most of every step.
+
+Each tool-using preset names its direct-answer counterpart (`direct`), used for `tools=False` runs and the
+fallback.
 
 In every preset the user message is: the image item first, then `preset.user_text(...)`.
 """
@@ -40,6 +45,7 @@ class PromptPreset:
     user_template: text with `{question}`, and optionally `{image_path}` and `{image_size}` ("WxH").
     tools:         the prompt invites code (the agent loop should stop at `</code>` and run it).
     answer_tagged: the prompt asks for `<answer>...</answer>`; when False, an untagged reply is the answer.
+    direct:        the name of the direct-answer preset that goes with this one (None for direct presets).
     """
 
     name: str
@@ -48,6 +54,7 @@ class PromptPreset:
     tools: bool
     answer_tagged: bool
     description: str
+    direct: str | None = None
 
     def __post_init__(self) -> None:
         used = set(_PLACEHOLDER_RE.findall(self.user_template))
@@ -114,6 +121,7 @@ def _load_presets() -> Mapping[str, PromptPreset]:
             tools=True,
             answer_tagged=True,
             description="the released Thyme checkpoints' prompt (states image path and size)",
+            direct="released_direct",
         ),
         PromptPreset(
             name="released_direct",
@@ -130,6 +138,7 @@ def _load_presets() -> Mapping[str, PromptPreset]:
             tools=True,
             answer_tagged=True,
             description="our wording of the Thyme grammar; no file path in the prompt",
+            direct="direct",
         ),
         PromptPreset(
             name="direct",
@@ -138,6 +147,23 @@ def _load_presets() -> Mapping[str, PromptPreset]:
             tools=False,
             answer_tagged=True,
             description="direct answer without code, in <answer> tags (tools=False baselines)",
+        ),
+        PromptPreset(
+            name="compact",
+            system=read_prompt_file("compact_system.txt"),
+            user_template=read_prompt_file("compact_user.txt"),
+            tools=True,
+            answer_tagged=True,
+            description="the Thyme grammar in one sentence, for small models trained from scratch",
+            direct="compact_direct",
+        ),
+        PromptPreset(
+            name="compact_direct",
+            system=read_prompt_file("compact_direct_system.txt"),
+            user_template=read_prompt_file("compact_direct_user.txt"),
+            tools=False,
+            answer_tagged=True,
+            description="direct answer in <answer> tags, the compact preset's counterpart",
         ),
     )
     return MappingProxyType({preset.name: preset for preset in presets})
@@ -152,3 +178,8 @@ def get_preset(name: str) -> PromptPreset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown prompt preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def direct_preset(preset: PromptPreset) -> PromptPreset:
+    """The direct-answer preset that goes with `preset` (a direct preset is its own)."""
+    return get_preset(preset.direct) if preset.direct else preset

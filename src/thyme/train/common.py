@@ -81,9 +81,13 @@ def trainer_arguments(config) -> dict[str, Any]:
     )
 
 
-def save_final(trainer, processor, config, result_file: str, summary: dict[str, Any]) -> Path:
-    """Save the final model (hub key layout, LoRA merged, the auxiliary head dropped), its processor and
-    the summary, on the main process; every process waits for it."""
+def save_final(
+    trainer, processor, config, result_file: str, summary: dict[str, Any], preset: str | None = None
+) -> Path:
+    """Save the final model (hub key layout, LoRA merged, the auxiliary head dropped), its processor,
+    the summary and, when known, the prompt preset it was trained with (`thyme.json`, read by
+    `thyme.agent.backends.base.model_preset`), on the main process; every process waits for it."""
+    from thyme.agent.backends.base import MODEL_CARD
     from thyme.train.trainer import AUX_HEAD, release_checkpoint_layout
 
     out = Path(config.output_dir)
@@ -97,6 +101,8 @@ def save_final(trainer, processor, config, result_file: str, summary: dict[str, 
         final.save_pretrained(out)
         processor.save_pretrained(out)
         atomic_write(out / result_file, json.dumps(summary, indent=1, default=str))
+        if preset is not None:
+            atomic_write(out / MODEL_CARD, json.dumps({"preset": preset}) + "\n")
     trainer.accelerator.wait_for_everyone()
     return out
 

@@ -24,7 +24,9 @@ class DataSource:
     path:     our JSONL (or a directory of it, shard files included), a `thyme synth` directory, or saved
               trajectories (`thyme.data.sample.read_samples` reads them all).
     variants: for `thyme synth` rows, which samples to take: gold (code) and/or direct (no code).
-    preset:   for `thyme synth` rows, the prompt preset (default: "default" for gold, "direct" for direct).
+    preset:   for `thyme synth` rows, the tool-using prompt preset (default: "default"); direct samples take
+              its direct counterpart. When every source names the same preset, the trained model's
+              `thyme.json` records it, so the agent asks that model in the prompt it learned.
     limit:    take at most this many samples from the source (None: all).
     repeat:   how many times the source's samples appear per epoch (mixing weights).
     """
@@ -108,6 +110,7 @@ class SFTConfig:
     min_pixels: int | None = None
     max_pixels: int | None = None
     keep_modalities_apart: bool = False
+    group_by_length: bool = False
     # -- optimisation
     learning_rate: float = 1e-5
     vision_lr_scale: float = 1.0
@@ -151,6 +154,8 @@ class SFTConfig:
             raise ValueError("train for epochs > 0 or max_steps >= 1")
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels={self.min_pixels} is above max_pixels={self.max_pixels}")
+        if self.group_by_length and self.keep_modalities_apart:
+            raise ValueError("group_by_length and keep_modalities_apart both order the batches; choose one")
         if self.aux is not None and self.freeze_vision:
             raise ValueError("aux trains the vision tower: set freeze_vision: false with it")
         if self.eval_steps is not None and self.eval_steps < 1:

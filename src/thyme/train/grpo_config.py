@@ -28,6 +28,8 @@ class GRPOConfig:
                `rewards.judge.model`: an OpenAI-compatible judge for the accuracy fallback and consistency;
                without one the rule-based path runs and consistency is off).
     code_temperature: 0.0 = ATS (code greedy); null = one fixed temperature everywhere (the ablation).
+    preset:    the rollouts' prompt preset; null = the model's (`thyme.json` of a model trained in one preset,
+               else "default"). The saved model records it.
     """
 
     model: str
@@ -46,7 +48,7 @@ class GRPOConfig:
     top_k: int = 50
     repetition_penalty: float = 1.05
     repetition_threshold: float | None = 0.5
-    preset: str = "default"
+    preset: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     sandbox_timeout_s: float = 30.0

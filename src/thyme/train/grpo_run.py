@@ -98,6 +98,13 @@ def trl_grpo_arguments(config: GRPOConfig):
     )
 
 
+def rollout_preset(config: GRPOConfig) -> str:
+    """The prompt preset of the rollouts: the config's, or the one the model was trained with."""
+    from thyme.agent.backends.base import model_preset
+
+    return config.preset or model_preset(config.model)
+
+
 def agent_config(config: GRPOConfig):
     """The rollouts' `AgentConfig`: ATS sampling, the turn budget, errors fed back, no fallback."""
     from thyme.agent import AgentConfig, SamplingParams
@@ -111,7 +118,7 @@ def agent_config(config: GRPOConfig):
         max_new_tokens=config.max_new_tokens,
     )
     return AgentConfig(
-        preset=config.preset,
+        preset=rollout_preset(config),
         max_steps=config.max_turns,
         on_error="feedback",
         fallback=False,
@@ -185,5 +192,5 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
         "rollout_minutes": rollout_minutes,
         "log_history": history,
     }
-    out = save_final(trainer, processor, config, RESULT_FILE, summary)
+    out = save_final(trainer, processor, config, RESULT_FILE, summary, preset=rollout_preset(config))
     return GRPOResult(out, output.global_step, len(rows), minutes, rollout_minutes, history)

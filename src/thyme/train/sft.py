@@ -141,7 +141,7 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
         "metrics": output.metrics,
         "log_history": trainer.state.log_history,
     }
-    out = save_final(trainer, processor, config, RESULT_FILE, summary)
+    out = save_final(trainer, processor, config, RESULT_FILE, summary, preset=trained_preset(config))
     return SFTResult(
         output_dir=out,
         steps=output.global_step,
@@ -151,6 +151,12 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
         minutes=minutes,
         log_history=list(trainer.state.log_history),
     )
+
+
+def trained_preset(config: SFTConfig) -> str | None:
+    """The prompt preset the samples were rendered in, when every source names the same one."""
+    named = {source.preset for source in config.data}
+    return next(iter(named)) if len(named) == 1 and None not in named else None
 
 
 def trl_arguments(config: SFTConfig):
@@ -165,7 +171,13 @@ def trl_arguments(config: SFTConfig):
         eval_strategy=("steps" if config.eval_steps else "epoch") if evaluate else "no",
         eval_steps=config.eval_steps,
         dataloader_num_workers=config.dataloader_workers,
-        train_sampling_strategy="sequential" if config.keep_modalities_apart else "random",
+        train_sampling_strategy=(
+            "sequential"
+            if config.keep_modalities_apart
+            else "group_by_length"
+            if config.group_by_length
+            else "random"
+        ),
         # Our dataset holds whole samples and our collator makes the labels (the reference's masks), so
         # TRL must neither tokenise, truncate, pack nor drop the "sample" column (nor any: common args).
         dataset_kwargs={"skip_prepare_dataset": True},

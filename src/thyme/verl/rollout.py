@@ -28,7 +28,7 @@ from thyme.agent.config import AgentConfig
 from thyme.agent.conversation import Piece
 from thyme.agent.episode import Episode, Prompt
 from thyme.agent.trajectory import Trajectory
-from thyme.protocol import get_preset
+from thyme.protocol import direct_preset, get_preset
 
 
 class RowError(ValueError):
@@ -104,9 +104,7 @@ async def run_episode(
     session: a sandbox session with `arun` (one per trajectory; the caller closes it).
     """
     preset = get_preset(config.preset or backend.default_preset)
-    direct = get_preset(
-        config.direct_preset or ("released_direct" if preset.name == "released" else "direct")
-    )
+    direct = get_preset(config.direct_preset) if config.direct_preset else direct_preset(preset)
     episode = Episode(
         prompt, preset=preset, direct_preset=direct, config=config, tools=True, artifacts=artifacts
     )

@@ -17,9 +17,11 @@ vLLM or an HTTP client installed.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from thyme.agent.config import SamplingParams
@@ -166,3 +168,24 @@ def released_checkpoint(model_id: str) -> bool:
     (`/models/Thyme-RL`, `thyme-rl-7b`). Anything else gets our default preset unless the user names one."""
     tail = model_id.rstrip("/").rsplit("/", 1)[-1]
     return _RELEASED_RE.match(tail) is not None
+
+
+# A checkpoint directory may name the prompt preset it was trained with: {"preset": "compact"}. Training
+# writes it (`thyme train sft|grpo`), so a model trained on a short prompt is asked with that prompt.
+MODEL_CARD = "thyme.json"
+
+
+def model_preset(model_id: str) -> str:
+    """The preset a model expects when the user names none: `released` for released Thyme checkpoints, the
+    one its directory's `thyme.json` names, `default` otherwise."""
+    if released_checkpoint(model_id):
+        return "released"
+    card = Path(model_id) / MODEL_CARD
+    if card.is_file():
+        try:
+            preset = json.loads(card.read_text(encoding="utf-8")).get("preset")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{card}: not a JSON object ({exc}); fix or delete it") from None
+        if preset:
+            return str(preset)
+    return "default"

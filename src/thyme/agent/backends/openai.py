@@ -51,7 +51,7 @@ from thyme.agent.backends.base import (
     Generation,
     GenerationRequest,
     ModelNotFoundError,
-    released_checkpoint,
+    model_preset,
 )
 from thyme.agent.backends.openai_http import (
     HTTPError,
@@ -108,7 +108,7 @@ class OpenAIBackend:
         if timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
             raise ValueError("timeout_s must be > 0, max_retries >= 0 and backoff_s >= 0")
         self.model_id = model
-        self.default_preset = default_preset or ("released" if released_checkpoint(model) else "default")
+        self.default_preset = default_preset or model_preset(model)
         self.continuation = continuation
         self.max_retries = max_retries
         self.backoff_s = backoff_s

@@ -38,7 +38,7 @@ from thyme.agent.backends.base import (
     Generation,
     GenerationRequest,
     ModelNotFoundError,
-    released_checkpoint,
+    model_preset,
 )
 from thyme.agent.config import SamplingParams
 from thyme.agent.conversation import Conversation, Piece
@@ -174,7 +174,7 @@ class TransformersBackend:
                 f"cannot load model {model!r}: {str(exc).splitlines()[0]} "
                 "(give a local checkpoint directory; `thyme models tiny --out DIR` builds a test model)"
             ) from exc
-        preset = default_preset or ("released" if released_checkpoint(model) else "default")
+        preset = default_preset or model_preset(model)
         return cls(
             net,
             processor,

@@ -59,7 +59,7 @@ from thyme.agent.backends.base import (
     Generation,
     GenerationRequest,
     ModelNotFoundError,
-    released_checkpoint,
+    model_preset,
 )
 from thyme.agent.config import SamplingParams
 from thyme.agent.conversation import Conversation
@@ -343,7 +343,7 @@ class VLLMBackend:
             model_config=config,
             max_model_len=llm.llm_engine.model_config.max_model_len,
             model_id=model,
-            default_preset=default_preset or ("released" if released_checkpoint(model) else "default"),
+            default_preset=default_preset or model_preset(model),
             max_images=max_images,
             min_pixels=min_pixels,
             max_pixels=max_pixels,

@@ -10,9 +10,15 @@ which the target spans several vision tokens. Questions:
 - ask="grid": several labels with different targets; which one holds the named target, answered as a cell
   "row R, column C" of a G x G grid (a coarse position a small model can learn).
 - ask="box":  the same, answered with the label's bounding box [x1, y1, x2, y2] in pixels.
+- ask="find": one label, which the code finds by itself: the card's white inside is the largest white region
+  of the image (white decoys, clutter and background are smaller or darker), so the code thresholds, takes
+  the largest connected component, crops around it and enlarges it. The code is the same for every sample:
+  a small model learns to write it and to read the chip in the crop, without locating anything itself.
+- ask="cell": one label inside one cell of a G x G grid (never straddling cells); the model names the cell
+  and the code crops that cell, its box computed from the cell's row and column.
 
-The gold code crops every label of the question (one image each) and enlarges the crops `zoom` times; crop
-corners are multiples of `snap` px, so the numbers in the code are coarse.
+For "read", "grid" and "box" the gold code crops every label of the question (one image each) and enlarges
+the crops `zoom` times; crop corners are multiples of `snap` px, so the numbers in the code are coarse.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ from thyme.data.toyworld.read import (
 )
 
 TARGETS = ("colour", "shape", "digits")
-ASKS = ("read", "grid", "box")
+ASKS = ("read", "grid", "box", "find", "cell")
+SINGLE = ("read", "find", "cell")  # asks about one label
+FIND_MARGIN = 16  # px the find code keeps around the card's white inside (crops stay >= MIN_CROP)
 MIN_CROP = 64  # the sandbox enlarges smaller crops (the released model's convention), so gold crops never are
 
 
@@ -56,13 +64,17 @@ class ZoomKnobs:
     """How one zoom sample is drawn and asked.
 
     target:     what the label holds: "colour" (a chip), "shape" (a black shape) or "digits".
-    ask:        "read" (what is on the one label), "grid" (which G x G cell holds the named label) or "box".
+    ask:        "read" (what is on the one label), "grid" (which G x G cell holds the named label), "box",
+                "find" (read the one label; the code locates it) or "cell" (read it; the model names the
+                cell).
     canvas:     side of the square image, px.
     card:       height of a label card, px (digit labels grow wider to fit).
     target_px:  side of the chip or shape; for digits their height, a multiple of 7 (the font's height).
     digits:     how many digits a digit label shows (1-3).
-    labels:     labels in the image: 1 for ask="read", 2-4 otherwise.
+    labels:     labels in the image: 1 for ask="read", "find" and "cell", 2-4 otherwise.
     grid:       G of the G x G grid; labels sit in distinct cells.
+    decoys:     small white squares without a border (2-8 px): at the model's resolution they look like the
+                card, and the find code must tell them apart (the largest white region is the card).
     clutter:    distractor shapes and lines in palette colours; clutter_px their size range, px.
     speckles:   palette-coloured dots of 2-8 px, which blur like a chip at low resolution.
     crop:       the smallest side of a gold crop, px (>= 64); snap: crop corners are multiples of it.
@@ -78,6 +90,7 @@ class ZoomKnobs:
     digits: int = 1
     labels: int = 1
     grid: int = 3
+    decoys: int = 0
     clutter: int = 80
     clutter_px: tuple[int, int] = (24, 160)
     speckles: int = 300
@@ -101,8 +114,10 @@ class ZoomKnobs:
             f"ZoomKnobs.target_px={self.target_px} does not fit on a {self.card} px card; "
             f"use target_px <= {self.card - 2 * self.border - 4} or a larger card",
         )
-        if self.ask == "read":
-            require(self.labels == 1, f"ZoomKnobs.labels={self.labels}: ask='read' uses one label; set 1")
+        if self.ask in SINGLE:
+            require(
+                self.labels == 1, f"ZoomKnobs.labels={self.labels}: ask={self.ask!r} uses one label; set 1"
+            )
         else:
             require(
                 2 <= self.labels <= min(4, self.grid**2),
@@ -114,16 +129,28 @@ class ZoomKnobs:
         require(1 <= self.zoom <= 8, f"ZoomKnobs.zoom={self.zoom}; use 1-8")
         lo, hi = self.clutter_px
         require(4 <= lo <= hi, f"ZoomKnobs.clutter_px={self.clutter_px}: use (min, max) with 4 <= min <= max")
-        require(self.clutter >= 0 and self.speckles >= 0, "ZoomKnobs.clutter and speckles must be >= 0")
-        cell = self.canvas // (1 if self.labels == 1 else self.grid)
+        require(
+            self.clutter >= 0 and self.speckles >= 0 and self.decoys >= 0,
+            "ZoomKnobs.clutter, speckles and decoys must be >= 0",
+        )
+        if self.ask == "find":
+            require(
+                self.target == "colour", f"ZoomKnobs.target={self.target!r}: ask='find' reads a colour chip"
+            )
+        cell = self.canvas // (self.grid if self.gridded else 1)
         window = max(self.window)
         require(
             cell >= 2 * window + 2 * self.snap,
             f"ZoomKnobs.canvas={self.canvas} is too small for {self.labels} label(s) in a "
             f"{self.grid} x {self.grid} grid with {window} px crops; use canvas >= "
-            f"{(2 * window + 2 * self.snap) * (1 if self.labels == 1 else self.grid)}",
+            f"{(2 * window + 2 * self.snap) * (self.grid if self.gridded else 1)}",
         )
         require(self.budget >= PROCESSOR_MIN_PIXELS, f"ZoomKnobs.budget={self.budget}; use >= {56 * 56}")
+
+    @property
+    def gridded(self) -> bool:
+        """Labels sit in cells of the G x G grid (every ask but a whole-canvas single label)."""
+        return self.ask not in ("read", "find")
 
     @property
     def border(self) -> int:
@@ -158,6 +185,12 @@ LEVELS: dict[str, ZoomKnobs] = {
     "digits": ZoomKnobs(target="digits", target_px=21, digits=3),
     "grid-shape": ZoomKnobs(target="shape", target_px=18, ask="grid", labels=3, grid=4),
     "box": ZoomKnobs(target="colour", ask="box", labels=3, grid=4),
+    # The code finds the label itself (thyme-tiny's zoom target); white decoys make "the largest white
+    # region" the rule rather than "any white pixel".
+    "find": ZoomKnobs(target="colour", ask="find", decoys=60),
+    # The model names the label's cell of a 4 x 4 grid; the code crops the cell (448 px, seen at 224: the
+    # chip is 8 px there, which the small model learns to read; DESIGN.md).
+    "cell": ZoomKnobs(target="colour", ask="cell", grid=4, zoom=1),
     # Calibrated for a 256-token view (448 x 448): the same label on a twice larger canvas.
     "digits-hires": ZoomKnobs(
         target="digits", target_px=21, digits=3, canvas=3584, clutter=320, speckles=1200, budget=256 * 28 * 28
@@ -187,9 +220,15 @@ def _place(rng: np.random.Generator, k: ZoomKnobs, cell: draw.Box, value: str) -
         draw.text_size(len(value), k.target_px // 7) if k.target == "digits" else k.content_size
     )
     cx, cy = x + (card_w - content_w) // 2, y + (card_h - content_h) // 2
-    wx = k.snap * math.floor((x + card_w / 2 - win_w / 2) / k.snap)
-    wy = k.snap * math.floor((y + card_h / 2 - win_h / 2) / k.snap)
-    label = Label(card, (cx, cy, cx + content_w, cy + content_h), value, (wx, wy, wx + win_w, wy + win_h))
+    if k.ask == "find":  # what the find code crops: the card's white inside and a margin
+        window = draw.grow(draw.grow(card, -k.border), FIND_MARGIN)
+    elif k.ask == "cell":
+        window = cell
+    else:
+        wx = k.snap * math.floor((x + card_w / 2 - win_w / 2) / k.snap)
+        wy = k.snap * math.floor((y + card_h / 2 - win_h / 2) / k.snap)
+        window = (wx, wy, wx + win_w, wy + win_h)
+    label = Label(card, (cx, cy, cx + content_w, cy + content_h), value, window)
     _check_window(label, k.canvas)
     return label
 
@@ -261,6 +300,36 @@ def _crop_code(windows: list[draw.Box], zoom: int) -> str:
     )  # fmt: skip
 
 
+def _find_code(zoom: int) -> str:
+    """The find code: the largest white region is the card's inside; crop it with a margin and enlarge."""
+    return (
+        "import cv2\nimport numpy as np\nfrom PIL import Image\n"
+        'img = Image.open(image_path).convert("RGB")\n'
+        "white = (np.asarray(img).min(axis=2) > 230).astype(np.uint8)\n"
+        "n, _, stats, _ = cv2.connectedComponentsWithStats(white)\n"
+        "x, y, w, h = (int(v) for v in stats[1 + np.argmax(stats[1:, 4]), :4])\n"
+        f"m = {FIND_MARGIN}\n"
+        "crop = img.crop((x - m, y - m, x + w + m, y + h + m))\n"
+        f"crop = crop.resize((crop.width * {zoom}, crop.height * {zoom}), Image.LANCZOS)\n"
+        f'processed_path = "{OUTPUT_PREFIX}/zoom_crop.png"\n'
+        "crop.save(processed_path)\nprint(processed_path)"
+    )
+
+
+def _cell_code(grid: int, row: int, col: int, zoom: int) -> str:
+    """The cell code: the model names the cell; the box comes from its row and column."""
+    resize = f"crop = crop.resize((crop.width * {zoom}, crop.height * {zoom}), Image.LANCZOS)\n"
+    return (
+        "from PIL import Image\nimg = Image.open(image_path)\n"
+        f"row, col = {row}, {col}\n"
+        f"w, h = img.width // {grid}, img.height // {grid}\n"
+        "crop = img.crop(((col - 1) * w, (row - 1) * h, col * w, row * h))\n"
+        + (resize if zoom > 1 else "")
+        + f'processed_path = "{OUTPUT_PREFIX}/zoom_cell.png"\n'
+        "crop.save(processed_path)\nprint(processed_path)"
+    )
+
+
 def _expected_crop(image: Image.Image, window: draw.Box, zoom: int) -> Image.Image:
     crop = image.crop(window)
     return crop.resize((crop.width * zoom, crop.height * zoom), Image.LANCZOS)
@@ -274,10 +343,16 @@ def _phrase(target: str, value: str) -> str:
     }[target]
 
 
-def _cell(k: ZoomKnobs, label: Label) -> str:
+def _row_col(k: ZoomKnobs, label: Label) -> tuple[int, int]:
+    """The 1-based (row, column) of the grid cell holding the label's centre."""
     cx, cy = (label.card[0] + label.card[2]) / 2, (label.card[1] + label.card[3]) / 2
     size = k.canvas / k.grid
-    return f"row {int(cy // size) + 1}, column {int(cx // size) + 1}"
+    return int(cy // size) + 1, int(cx // size) + 1
+
+
+def _cell(k: ZoomKnobs, label: Label) -> str:
+    row, col = _row_col(k, label)
+    return f"row {row}, column {col}"
 
 
 def _centre(label: Label) -> str:
@@ -286,8 +361,8 @@ def _centre(label: Label) -> str:
 
 def make(rng: np.random.Generator, k: ZoomKnobs) -> Draft:
     values = _values(rng, k)
-    cells = [(0, 0, k.canvas, k.canvas)] if k.labels == 1 else []
-    if k.labels > 1:
+    cells = [] if k.gridded else [(0, 0, k.canvas, k.canvas)]
+    if k.gridded:
         size = k.canvas // k.grid
         for index in choose(rng, range(k.grid**2), k.labels):
             row, col = divmod(index, k.grid)
@@ -299,13 +374,18 @@ def make(rng: np.random.Generator, k: ZoomKnobs) -> Draft:
         rng, image, shapes=k.clutter, size=k.clutter_px, speckles=k.speckles,
         keep_clear=[draw.grow(label.window, k.snap) for label in labels],
     )  # fmt: skip
+    if k.decoys:
+        draw.clutter(
+            rng, image, shapes=0, size=k.clutter_px, speckles=k.decoys, colours=(draw.WHITE,),
+            keep_clear=[draw.grow(label.card, FIND_MARGIN + k.snap) for label in labels],
+        )  # fmt: skip
     for label in labels:
         _draw_label(image, k, label)
     shown = sorted(labels, key=lambda lab: (lab.card[1] // (k.canvas // k.grid), lab.card[0]))
     windows = [label.window for label in shown]
     expected = tuple(_expected_crop(image, w, k.zoom) for w in windows)
     meta = {
-        "answer_type": "text" if k.ask == "read" else k.ask,
+        "answer_type": "text" if k.ask in SINGLE else k.ask,
         "image_size": [k.canvas, k.canvas],
         "target": k.target,
         "target_box": list(wanted.card),
@@ -315,6 +395,8 @@ def make(rng: np.random.Generator, k: ZoomKnobs) -> Draft:
     }
     if k.ask == "read":
         return _read_draft(k, image, wanted, expected, meta)
+    if k.ask in ("find", "cell"):
+        return _located_draft(k, image, wanted, expected, meta)
     return _find_draft(k, image, wanted, shown, expected, meta)
 
 
@@ -358,6 +440,45 @@ def _read_draft(k, image, label, expected, meta) -> Draft:
         steps=(CodeStep(lead, _crop_code([label.window], k.zoom), expect_images=expected),),
         conclusion=f"The enlarged label shows {said[k.target]}.",
         direct=f"The small white label near {_centre(label)} seems to show {said[k.target]}.",
+        meta=meta,
+        read_back=lambda outputs: reader(outputs)[0],
+    )
+
+
+def _located_draft(k, image, label, expected, meta) -> Draft:
+    """ask="find" (the code locates the card) and ask="cell" (the model names the card's grid cell)."""
+    said = f"{article(label.value)} {label.value} chip"
+    reader = _read_back(k, [label])
+    if k.ask == "find":
+        question = (
+            "Somewhere in the image is a small white label with a black border. What colour is its chip?"
+        )
+        lead = (
+            "The label is too small to make out at this resolution. Its white inside is the largest white "
+            f"region of the image: find it with code, crop around it and enlarge it {k.zoom} times."
+        )
+        code, where = _find_code(k.zoom), "The small white label"
+    else:
+        row, col = _row_col(k, label)
+        question = (
+            f"The image is a {k.grid} x {k.grid} grid; one cell holds a small white label. "
+            "What colour is its chip?"
+        )
+        lead = (
+            f"The small white label is in row {row}, column {col} of the {k.grid} x {k.grid} grid, too small "
+            "to make out. Crop that cell" + (f" and enlarge it {k.zoom} times." if k.zoom > 1 else ".")
+        )
+        code, where = (
+            _cell_code(k.grid, row, col, k.zoom),
+            f"The small white label in row {row}, column {col}",
+        )
+    return Draft(
+        image=image,
+        question=question,
+        answer=label.value,
+        steps=(CodeStep(lead, code, expect_images=expected),),
+        conclusion=f"The label shows {said}.",
+        direct=f"{where} seems to show {said}.",
         meta=meta,
         read_back=lambda outputs: reader(outputs)[0],
     )

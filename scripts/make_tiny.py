@@ -1,0 +1,168 @@
+"""Reproduce thyme-tiny end to end on a CPU: data, SFT, GRPO-ATS, evaluation, and the bundled copy.
+
+    make tiny                                  # = python scripts/make_tiny.py
+    python scripts/make_tiny.py --work runs/tiny --no-install
+
+Every stage is a `thyme` command a user can run by hand (printed before it runs), and every stage whose
+output already exists is skipped, so an interrupted run resumes where it stopped (the trainers resume from
+their last checkpoint too). The stages:
+
+1. `thyme models tiny --size small`: a random Qwen2.5-VL (6.4M parameters) with our offline tokenizer.
+2. `thyme synth`: the toy-world training sets (zoom `find`, compute `add-text` and `mul-text`) and held-out
+   test sets (`--split test`, seeds that training never sees).
+3. `thyme train sft configs/tiny/sft.yaml`, then 4. `thyme train grpo configs/tiny/grpo.yaml`.
+5. `thyme eval --both` of the SFT and the GRPO model on each test set (greedy, with and without tools).
+6. The GRPO model (weights, tokenizer, processor, thyme.json) is copied to `src/thyme/models/thyme-tiny/`
+   with `results.json` (the numbers and the minutes); `--no-install` leaves the package alone.
+
+At the end it prints the minutes spent in SFT and in RL and the accuracy table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "src" / "thyme" / "models" / "thyme-tiny"
+# (name, task, level, train n, train seed, test n): the data of configs/tiny/*.yaml.
+SETS = (
+    ("find", "zoom", "find", 3000, 0, 200),
+    ("add", "compute", "add-text", 2000, 0, 200),
+    ("mul", "compute", "mul-text", 2000, 100000, 200),
+)
+EVAL_TASK = {"zoom": "toyworld_zoom", "compute": "toyworld_compute"}
+# What the bundled copy keeps of a trained model directory (no checkpoints, logs or training summaries).
+KEEP = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "thyme.json",
+)
+
+
+def thyme(*args: str) -> None:
+    """Run one `thyme` command (the same executable as this Python), echoing it; stop on failure."""
+    command = [sys.executable, "-m", "thyme", *args]
+    print("$ thyme " + shlex.join(args), flush=True)
+    done = subprocess.run(command, cwd=ROOT, check=False)
+    if done.returncode:
+        raise SystemExit(f"`thyme {shlex.join(args)}` failed (exit {done.returncode}); fix it and re-run")
+
+
+def done(path: Path, marker: str) -> bool:
+    return (path / marker).exists()
+
+
+def train(stage: str, config: str, out: Path, work: Path) -> float:
+    """Run `thyme train STAGE CONFIG` unless its final model exists; return the minutes it reported."""
+    summary = out / ("thyme_sft.json" if stage == "sft" else "thyme_grpo.json")
+    if not summary.exists():
+        sets = [arg for key, value in _paths(stage, work).items() for arg in ("--set", f"{key}={value}")]
+        thyme("train", stage, config, *sets)
+    return float(json.loads(summary.read_text())["minutes"])
+
+
+def _paths(stage: str, work: Path) -> dict[str, str]:
+    """The configs name runs/tiny/...; a different --work moves every path under it."""
+    if work == ROOT / "runs" / "tiny":
+        return {}
+    data = [{"path": str(work / "toy" / name)} for name, *_ in SETS]
+    if stage == "sft":
+        return {"model": str(work / "init"), "output_dir": str(work / "sft")}
+    return {"model": str(work / "sft"), "output_dir": str(work / "grpo"), "data": json.dumps(data)}
+
+
+def evaluate(model: Path, work: Path, tag: str) -> dict[str, dict[str, float]]:
+    """Accuracy with and without tools (and the code-call rate) of `model` on each test set."""
+    from thyme.eval.report import load_modes, tool_stats
+
+    table: dict[str, dict[str, float]] = {}
+    for name, task, _level, _n, _seed, n_test in SETS:
+        out = work / "eval" / tag / name
+        thyme(
+            "eval", "--task", EVAL_TASK[task], "--model", str(model), "--data", str(work / "test" / name),
+            "--out", str(out), "--both", "--limit", str(n_test), "--device", "cpu", "--max-steps", "3",
+            "--max-new-tokens", "320", "--concurrency", "16",
+        )  # fmt: skip
+        row: dict[str, float] = {}
+        for mode in load_modes(out):
+            scores = [r["score"] for r in mode.records]
+            row[mode.mode] = 100 * sum(scores) / len(scores) if scores else float("nan")
+            if mode.mode == "tools":
+                row["code_call_rate"] = 100 * tool_stats(mode.records)["code_call_rate"]
+        table[name] = row
+    return table
+
+
+def install(model: Path, results: dict) -> None:
+    """Copy the model's files (and results.json) into the package, replacing the bundled copy."""
+    staging = BUNDLE.with_name("thyme-tiny.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in KEEP:
+        if (model / name).exists():
+            shutil.copy2(model / name, staging / name)
+    (staging / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    shutil.rmtree(BUNDLE, ignore_errors=True)
+    staging.rename(BUNDLE)
+    size = sum(p.stat().st_size for p in BUNDLE.iterdir()) / 2**20
+    print(f"installed {BUNDLE.relative_to(ROOT)} ({size:.1f} MiB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "tiny", help="working directory")
+    parser.add_argument("--no-install", action="store_true", help="leave src/thyme/models/thyme-tiny alone")
+    args = parser.parse_args(argv)
+    work = args.work.resolve()
+    started = time.perf_counter()
+
+    if not done(work / "init", "config.json"):
+        thyme("models", "tiny", "--size", "small", "--seed", "0", "--out", str(work / "init"), "--overwrite")
+    for name, task, level, n, seed, n_test in SETS:
+        for split, count, first, folder in (("train", n, seed, "toy"), ("test", n_test, 0, "test")):
+            out = work / folder / name
+            if not done(out, "manifest.json"):
+                thyme(
+                    "synth", "--task", task, "--level", level, "--n", str(count), "--seed", str(first),
+                    "--split", split, "--out", str(out), "--overwrite",
+                )  # fmt: skip
+
+    sft_minutes = train("sft", "configs/tiny/sft.yaml", work / "sft", work)
+    rl_minutes = train("grpo", "configs/tiny/grpo.yaml", work / "grpo", work)
+    results = {
+        "sft_minutes": round(sft_minutes, 1),
+        "rl_minutes": round(rl_minutes, 1),
+        "sft": evaluate(work / "sft", work, "sft"),
+        "grpo": evaluate(work / "grpo", work, "grpo"),
+    }
+    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not args.no_install:
+        install(work / "grpo", results)
+
+    print(f"\nthyme-tiny: {sft_minutes:.1f} minutes of SFT, {rl_minutes:.1f} minutes of RL "
+          f"({(time.perf_counter() - started) / 60:.1f} minutes in this run)")  # fmt: skip
+    print(f"{'test set':<10}{'model':<7}{'tools %':>9}{'direct %':>10}{'code %':>8}")
+    for stage in ("sft", "grpo"):
+        for name, row in results[stage].items():
+            print(
+                f"{name:<10}{stage:<7}{row.get('tools', float('nan')):>9.1f}"
+                f"{row.get('direct', float('nan')):>10.1f}{row.get('code_call_rate', float('nan')):>8.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
