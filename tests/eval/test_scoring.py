@@ -238,18 +238,37 @@ def test_box_iou(prediction, gold, iou):
 def test_pope_metrics_are_f1_of_yes():
     from thyme.eval.scoring import pope_metrics
 
+    def rec(answer, prediction, category=""):
+        return {
+            "answer": answer,
+            "prediction": prediction,
+            "score": float(answer == prediction),
+            "category": category,
+        }
+
     records = [
-        {"answer": "yes", "prediction": "yes"},  # tp
-        {"answer": "yes", "prediction": "no"},  # fn
-        {"answer": "no", "prediction": "yes"},  # fp
-        {"answer": "no", "prediction": "no"},  # tn
-        {"answer": "yes", "prediction": "yes"},  # tp
-        {"answer": "no", "prediction": None},  # tn (no answer is not a yes)
+        rec("yes", "yes"),  # tp
+        rec("yes", "no"),  # fn
+        rec("no", "yes"),  # fp
+        rec("no", "no"),  # tn
+        rec("yes", "yes"),  # tp
+        rec("no", None),  # tn (no answer is not a yes) but wrong
     ]
     m = pope_metrics(records)
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
-    assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(3 / 6)
     assert pope_metrics([])["f1"] == 0.0
+
+
+def test_pope_row_in_two_splits_counts_in_each():
+    from thyme.eval.scoring import pope_metrics
+
+    both = {"answer": "yes", "prediction": "yes", "score": 1.0, "meta": {"categories": ["adv", "pop"]}}
+    miss = {"answer": "yes", "prediction": "no", "score": 0.0, "meta": {"categories": ["pop"]}}
+    m = pope_metrics([both, miss])
+    assert m["recall/adv"] == 1.0 and m["recall/pop"] == 0.5 and m["accuracy/pop"] == 0.5
+    assert m["recall"] == pytest.approx(2 / 3)  # over the rows as counted in the splits: 3, not 2
+    assert m["f1"] == pytest.approx(0.8)
 
 
 def test_hallusionbench_figure_and_question_accuracy():

@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from thyme.eval.runner import MODES
+from thyme.eval.scoring import record_categories
 from thyme.jsonl import JsonlRecords
 
 ALL = "all"
@@ -67,13 +68,22 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def accuracy_table(modes: list[ModeRun]) -> list[tuple[str, dict[str, tuple[float, int]]]]:
-    """Rows (category, {mode: (accuracy, n)}): "all" first, then categories in sorted order."""
-    categories = sorted({r["category"] for m in modes for r in m.records if r["category"]})
+    """Rows (category, {mode: (accuracy, n)}): "all" first, then categories in sorted order.
+
+    A sample in several splits (a POPE row in "adversarial,popular") counts once in each, in its splits'
+    rows and in "all", as VLMEvalKit counts it (so n of "all" can exceed the number of samples).
+    """
+    categories = sorted({c for m in modes for r in m.records for c in record_categories(r)})
     rows = []
     for category in [ALL, *categories]:
         cells = {}
         for m in modes:
-            scores = [r["score"] for r in m.records if category == ALL or r["category"] == category]
+            scores = [
+                r["score"]
+                for r in m.records
+                for split in (record_categories(r) or [ALL])
+                if category in (ALL, split)
+            ]
             if scores:
                 cells[m.mode] = (sum(scores) / len(scores), len(scores))
         rows.append((category, cells))

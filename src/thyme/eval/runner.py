@@ -36,7 +36,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,7 +296,7 @@ class _Writer:
             "category": sample.category,
             "question": self.task.prompt(sample),
             "answer": sample.answer,
-            "meta": {k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
+            "meta": record_meta(sample.meta),
             **EMPTY_RECORD,
             **fields,
         }
@@ -310,6 +310,19 @@ class _Writer:
         root = traj.root
         if root is not None and Path(root).resolve().parent == Path(self.agent.artifacts_dir).resolve():
             shutil.rmtree(root, ignore_errors=True)
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def record_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a sample's meta its result line keeps: scalars and lists of scalars (a POPE row's
+    splits, which the benchmark metrics count it in)."""
+    return {
+        k: v
+        for k, v in meta.items()
+        if isinstance(v, _SCALARS) or (isinstance(v, list) and all(isinstance(x, _SCALARS) for x in v))
+    }
 
 
 def trajectory_dirname(sample_id: str) -> str:

@@ -9,8 +9,8 @@ They follow VLMEvalKit's rules where those are documented, so our numbers can si
   give None, never a guess. One deliberate difference: VLMEvalKit takes "B" from "B. blue" even when "blue"
   is option C's text and B's text is absent; such a contradictory answer gives None here.
 - Yes/no (`extract_yes_no`): VLMEvalKit's `YOrN_Extraction`: "yes" among the words and no "no" gives yes,
-  and the reverse; anything else (both, neither) gives None. Words are runs of letters here; VLMEvalKit keeps
-  some punctuation inside words, so it reads "No:" as no word at all where this reads "no".
+  and the reverse; anything else (both, neither) gives None. Words are split as VLMEvalKit's
+  `process_punctuation` splits them, quirks included: "No:" is no word "no" there, so not here either.
 - Numbers (`parse_number`, `numbers_match`): thousands separators, currency signs, percent signs, units and
   LaTeX dollar signs are dropped; an answer holding several numbers counts only when one follows the last
   "=". The default tolerance is half a unit of the gold's last decimal place ("12.35" accepts 12.346,
@@ -94,15 +94,53 @@ def gold_letter(answer: str, choices: Mapping[str, str]) -> str | None:
 
 
 # -- yes / no ----------------------------------------------------------------------------------------------
-_WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)*")
 _YES_NO_GOLD = {"yes": "yes", "no": "no", "true": "yes", "false": "no", "1": "yes", "0": "no"}
+# VLMEvalKit's `process_punctuation` (the VQA word splitter): these marks are deleted when the text has one
+# next to a space (or has a thousands comma anywhere), else replaced by a space; then periods that touch no
+# digit are deleted, at most 32 of them (VLMEvalKit passes re.UNICODE, 32, where `re.sub` takes a count).
+_VQA_PUNCT = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
+_VQA_COMMA_RE = re.compile(r"(\d)(,)(\d)")
+_VQA_PERIOD_RE = re.compile(r"(?<!\d)\.(?!\d)")
+_VQA_PERIOD_COUNT = 32
+
+
+def vqa_words(text: str) -> list[str]:
+    """The words VLMEvalKit's VQA scorers see in `text` (its `process_punctuation`, then whitespace)."""
+    out = text
+    has_number_comma = _VQA_COMMA_RE.search(text) is not None
+    for mark in _VQA_PUNCT:
+        glued = f"{mark} " in text or f" {mark}" in text or has_number_comma
+        out = out.replace(mark, "" if glued else " ")
+    return _VQA_PERIOD_RE.sub("", out, count=_VQA_PERIOD_COUNT).split()
 
 
 def extract_yes_no(answer: str | None) -> str | None:
-    """ "yes" or "no" when the answer says exactly one of them as a word, else None."""
+    """ "yes" or "no" when the answer says exactly one of them as a word (VLMEvalKit's words), else None."""
     if answer is None:
         return None
-    words = set(_WORD_RE.findall(answer.lower()))
+    words = set(vqa_words(answer.lower()))
     if ("yes" in words) == ("no" in words):
         return None
     return "yes" if "yes" in words else "no"
@@ -297,28 +335,49 @@ def _math_parse(text: str, limit: int | None) -> list:
 
 
 # -- benchmark-level metrics (what VLMEvalKit reports as the headline) --------------------------------------
-def pope_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """POPE's headline: F1 of "yes" (plus precision, recall, accuracy), over scored result records.
+def record_categories(record: Mapping[str, Any]) -> list[str]:
+    """The splits a result record counts in: `meta["categories"]` when the task lists several (a POPE row
+    can be in "adversarial,popular"), else its one `category` (none: [])."""
+    listed = (record.get("meta") or {}).get("categories")
+    if isinstance(listed, list):
+        return [str(c) for c in listed]
+    category = record.get("category")
+    return [str(category)] if category else []
 
-    A record needs `answer` ("yes"/"no") and `prediction` (None counts as a wrong "no"-side answer).
+
+def pope_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """POPE's headline as VLMEvalKit's `POPE_rating` computes it, over scored result records.
+
+    A row counts once in each split it lists (`record_categories`), in that split's numbers and in the
+    overall ones, which are taken over those repeated rows: "f1" (of "yes"), "precision", "recall",
+    "accuracy", then the same per split as "f1/adversarial", ... A record needs `answer` ("yes"/"no"),
+    `prediction` (None counts as not "yes") and `score`.
     """
-    tp = fp = fn = tn = 0
+    rows = [(split, r) for r in records for split in (record_categories(r) or [None])]
+    metrics = _pope_split([r for _, r in rows])
+    for split in sorted({split for split, _ in rows if split is not None}):
+        part = _pope_split([r for name, r in rows if name == split])
+        metrics.update({f"{key}/{split}": value for key, value in part.items()})
+    return metrics
+
+
+def _pope_split(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    tp = fp = fn = 0
     for r in records:
         gold_yes = str(r.get("answer", "")).strip().lower() == "yes"
         said_yes = str(r.get("prediction") or "").strip().lower() == "yes"
         tp += gold_yes and said_yes
         fp += said_yes and not gold_yes
         fn += gold_yes and not said_yes
-        tn += not gold_yes and not said_yes
-    total = tp + fp + fn + tn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    right = sum(float(r.get("score") or 0.0) >= 1.0 for r in records)
     return {
         "f1": f1,
         "precision": precision,
         "recall": recall,
-        "accuracy": (tp + tn) / total if total else 0.0,
+        "accuracy": right / len(records) if records else 0.0,
     }
 
 

@@ -16,7 +16,8 @@ Assumptions about the files, from VLMEvalKit's loaders (see each task's descript
   `precision`, `choices` and (TSV) `answer_option` drive scoring; the sub-task is the `task` column.
 - HallusionBench and POPE golds are "Yes"/"No". Per-sample scores are question accuracy; VLMEvalKit's
   headline HallusionBench number averages aAcc, fAcc and qAcc (meta keeps the ids those need), and POPE's
-  is the F1 of "yes" (meta["categories"] lists a row's splits, which can be several, comma-joined).
+  is the F1 of "yes" (meta["categories"] lists a row's splits, which can be several, comma-joined; the row
+  counts in each).
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ register_task(
 register_task(
     _yes_no_task(
         "hallusionbench",
-        "1",
+        "2",
         "HallusionBench: yes/no; category VD/VS, l2-category and set/figure/question ids in meta",
         "HallusionBench.tsv (VLMEvalKit)",
         aggregate=hallusionbench_metrics,
@@ -276,7 +277,7 @@ register_task(
 register_task(
     _yes_no_task(
         "pope",
-        "1",
+        "2",
         "POPE: yes/no object hallucination; categories = the adversarial/popular/random splits",
         "POPE.tsv (VLMEvalKit)",
         aggregate=pope_metrics,

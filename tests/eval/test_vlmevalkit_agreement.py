@@ -1,0 +1,101 @@
+"""Our benchmark numbers against VLMEvalKit's own scoring functions, on fixtures built for the purpose.
+
+The fixtures in tests/eval/vlmevalkit/ hold questions, golds and model answers (no images: the test adds a
+tiny one). The expected numbers were produced by running VLMEvalKit's functions, copied out of
+open-compass/VLMEvalKit at commit e8e78f05f3080fe28154f2130321f17951c3be94 into a scratch directory outside
+this repository, on the same fixture files; VLMEvalKit is not needed to run these tests. Each constant says
+which function produced it. VLMEvalKit reports percentages; ours are fractions.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from benchmark_files import b64, png_bytes, write_tsv
+
+from thyme.eval import get_task
+from thyme.eval.runner import record_meta
+
+FIXTURES = Path(__file__).parent / "vlmevalkit"
+VLMEVALKIT_COMMIT = "e8e78f05f3080fe28154f2130321f17951c3be94"
+
+
+def fixture_rows(name: str) -> list[dict[str, str]]:
+    with (FIXTURES / name).open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def scored_records(task_name: str, fixture: str, tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    """(the fixture's rows, result records as the runner writes them): the rows become a VLMEvalKit TSV
+    with one image, loaded, extracted and scored by the task."""
+    rows = fixture_rows(fixture)
+    image = b64(png_bytes())
+    tsv = []
+    for i, row in enumerate(rows):
+        cells = {k: v for k, v in row.items() if k not in ("prediction", "vlmevalkit_extracted")}
+        tsv.append({**cells, "image": image if i == 0 else rows[0]["index"]})
+    task = get_task(task_name)
+    samples = {s.id: s for s in task.load(write_tsv(tmp_path / f"{task_name}.tsv", tsv), tmp_path / "c")}
+    records = []
+    for row in rows:
+        sample = samples[row["index"]]
+        prediction = task.extract(row["prediction"], sample)
+        records.append(
+            {
+                "id": sample.id,
+                "category": sample.category,
+                "answer": sample.answer,
+                "prediction": prediction,
+                "score": task.score(prediction, sample),
+                "meta": record_meta(sample.meta),
+            }
+        )
+    return rows, records
+
+
+def as_vlmevalkit(prediction: str | None) -> str:
+    return {"yes": "Yes", "no": "No", None: "Unknown"}[prediction]
+
+
+# -- POPE --------------------------------------------------------------------------------------------------
+# VLMEvalKit's POPE_rating (vlmeval/dataset/utils/yorn.py) on pope_predictions.tsv, after YOrN_Extraction
+# and score = (answer == extracted) as ImageYORNDataset.evaluate does: {split: (F1, acc, precision, recall)}.
+POPE_EXPECTED = {
+    "Overall": (80.7017543859649, 72.38095238095238, 85.18518518518519, 76.66666666666667),
+    "adversarial": (87.17948717948718, 78.125, 94.44444444444444, 80.95238095238095),
+    "popular": (80.0, 72.5, 81.81818181818183, 78.26086956521739),
+    "random": (73.33333333333334, 66.66666666666666, 78.57142857142857, 68.75),
+}
+
+
+def test_yes_no_extraction_matches_vlmevalkit():
+    """Every answer in both fixtures is read as VLMEvalKit's YOrN_Extraction reads it (its column
+    `vlmevalkit_extracted`), punctuation quirks included ("No:" is no "no")."""
+    task = get_task("pope")
+    for fixture in ("pope_predictions.tsv", "hallusionbench_predictions.tsv"):
+        for row in fixture_rows(fixture):
+            said = task.extract(row["prediction"], None)
+            assert as_vlmevalkit(said) == row["vlmevalkit_extracted"], (fixture, row["prediction"])
+
+
+def test_pope_counts_a_row_in_every_split_it_lists(tmp_path):
+    _, records = scored_records("pope", "pope_predictions.tsv", tmp_path)
+    assert any("," in r["category"] for r in records)  # the fixture has rows in several splits
+    metrics = get_task("pope").aggregate(records)
+    for split, (f1, acc, precision, recall) in POPE_EXPECTED.items():
+        suffix = "" if split == "Overall" else f"/{split}"
+        got = [metrics[f"{k}{suffix}"] for k in ("f1", "accuracy", "precision", "recall")]
+        assert got == pytest.approx([f1 / 100, acc / 100, precision / 100, recall / 100]), split
+
+
+def test_pope_report_accuracy_per_split_matches_vlmevalkit(tmp_path):
+    from thyme.eval.report import ALL, ModeRun, accuracy_table
+
+    _, records = scored_records("pope", "pope_predictions.tsv", tmp_path)
+    table = dict(accuracy_table([ModeRun("tools", None, records, [])]))
+    assert table[ALL]["tools"][0] == pytest.approx(POPE_EXPECTED["Overall"][1] / 100)
+    for split in ("adversarial", "popular", "random"):
+        assert table[split]["tools"][0] == pytest.approx(POPE_EXPECTED[split][1] / 100), split
+    assert not any("," in category for category in table)
