@@ -274,18 +274,20 @@ def test_pope_row_in_two_splits_counts_in_each():
 def test_hallusionbench_figure_and_question_accuracy():
     from thyme.eval.scoring import hallusionbench_metrics
 
-    def rec(cat, s, fig, q, score):
-        return {"category": cat, "score": score, "meta": {"set_id": s, "figure_id": fig, "question_id": q}}
+    def rec(cat, l2, s, fig, q, score):
+        meta = {"l2-category": l2, "set_id": s, "figure_id": fig, "question_id": q}
+        return {"category": cat, "score": score, "meta": meta}
 
     records = [
-        rec("VD", "1", "0", "0", 1.0),
-        rec("VD", "1", "0", "1", 1.0),  # figure (VD,1,0) all right
-        rec("VD", "1", "1", "0", 0.0),  # figure (VD,1,1) wrong; question (VD,1,0) wrong across figures
-        rec("VD", "1", "1", "1", 1.0),  # question (VD,1,1) right on both figures
-        rec("VS", "1", "0", "0", 1.0),  # same ids, other category: its own groups
+        rec("VD", "chart", "1", "0", "0", 1.0),
+        rec("VD", "chart", "1", "0", "1", 1.0),  # figure (chart,1,0) all right
+        rec("VD", "chart", "1", "1", "0", 0.0),  # figure (chart,1,1) wrong; question (chart,1,0) wrong
+        rec("VD", "chart", "1", "1", "1", 1.0),  # question (chart,1,1) right on both figures
+        rec("VD", "map", "1", "0", "0", 1.0),  # set 1 again, another subcategory: its own groups
     ]
     m = hallusionbench_metrics(records)
     assert m["aAcc"] == pytest.approx(4 / 5)
-    assert m["fAcc"] == pytest.approx(2 / 3)  # (VD,1,0) and (VS,1,0) right, (VD,1,1) not
-    assert m["qAcc"] == pytest.approx(2 / 3)  # (VD,1,1) and (VS,1,0) right, (VD,1,0) not
+    assert m["fAcc"] == pytest.approx(2 / 3)  # (chart,1,0) and (map,1,0) right, (chart,1,1) not
+    assert m["qAcc"] == pytest.approx(2 / 3)  # (chart,1,1) and (map,1,0) right, (chart,1,0) not
     assert m["overall"] == pytest.approx((4 / 5 + 2 / 3 + 2 / 3) / 3)
+    assert m["fAcc/map"] == 1.0 and m["fAcc/chart"] == 0.5 and m["fAcc/VD"] == m["fAcc"]

@@ -99,3 +99,29 @@ def test_pope_report_accuracy_per_split_matches_vlmevalkit(tmp_path):
     for split in ("adversarial", "popular", "random"):
         assert table[split]["tools"][0] == pytest.approx(POPE_EXPECTED[split][1] / 100), split
     assert not any("," in category for category in table)
+
+
+# -- HallusionBench ----------------------------------------------------------------------------------------
+# VLMEvalKit's Hallusion_rating (vlmeval/dataset/utils/yorn.py) on hallusionbench_predictions.tsv, after
+# YOrN_Extraction: {split: (aAcc, fAcc, qAcc)}. Set ids restart in each l2-category, and VD and VS share the
+# l2-category "chart" in this fixture, so the overall fAcc is not a mix of the VD and VS ones.
+HALLUSION_EXPECTED = {
+    "Overall": (74.24242424242425, 44.44444444444444, 41.66666666666667),
+    "VD": (75.0, 55.00000000000001, 50.0),
+    "VS": (73.07692307692307, 46.15384615384615, 41.66666666666667),
+    "chart": (75.0, 25.0, 33.33333333333333),
+    "illusion": (71.42857142857143, 57.14285714285714, 33.33333333333333),
+    "map": (80.0, 60.0, 66.66666666666666),
+    "table": (71.42857142857143, 42.857142857142854, 33.33333333333333),
+}
+
+
+def test_hallusionbench_groups_figures_and_questions_by_subcategory(tmp_path):
+    _, records = scored_records("hallusionbench", "hallusionbench_predictions.tsv", tmp_path)
+    metrics = get_task("hallusionbench").aggregate(records)
+    for split, (a_acc, f_acc, q_acc) in HALLUSION_EXPECTED.items():
+        suffix = "" if split == "Overall" else f"/{split}"
+        got = [metrics[f"{k}{suffix}"] for k in ("aAcc", "fAcc", "qAcc")]
+        assert got == pytest.approx([a_acc / 100, f_acc / 100, q_acc / 100]), split
+    overall = HALLUSION_EXPECTED["Overall"]
+    assert metrics["overall"] == pytest.approx(sum(overall) / 300)

@@ -383,21 +383,42 @@ def _pope_split(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def hallusionbench_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """HallusionBench's aAcc (per question), fAcc (every question about one figure right) and qAcc (one
-    question right on every figure it is asked about), and their mean, over scored result records.
+    question right on every figure it is asked about), and their mean, as VLMEvalKit's `Hallusion_rating`
+    and HallusionBench's own scorer compute them; then aAcc/fAcc/qAcc per `category` (VD, VS) and per
+    `l2-category` as "fAcc/VD", "qAcc/chart", ...
 
-    A record needs `score` and `meta` with `set_id`, `figure_id`, `question_id`; `category` separates VD/VS.
+    Figures and questions are keyed by l2-category, set id and figure or question id: set ids restart in
+    each subcategory, so set 1 of "chart" and set 1 of "map" are different sets. A record needs `score` and
+    `meta` with `l2-category`, `set_id`, `figure_id`, `question_id`.
     """
     if not records:
         return {}
+    metrics = _hallusion_split(records)
+    metrics["overall"] = (metrics["aAcc"] + metrics["fAcc"] + metrics["qAcc"]) / 3
+    for field in ("category", "l2-category"):
+        values = {_hallusion_field(r, field) for r in records} - {None}
+        for value in sorted(values):
+            part = _hallusion_split([r for r in records if _hallusion_field(r, field) == value])
+            metrics.update({f"{key}/{value}": v for key, v in part.items()})
+    return metrics
+
+
+def _hallusion_field(record: Mapping[str, Any], field: str) -> str | None:
+    value = record.get(field) if field == "category" else (record.get("meta") or {}).get(field)
+    return str(value) if value not in (None, "") else None
+
+
+def _hallusion_split(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     figures: dict[tuple, list[bool]] = {}
     questions: dict[tuple, list[bool]] = {}
     for r in records:
         meta = r.get("meta") or {}
         right = float(r.get("score") or 0.0) >= 1.0
-        key = (r.get("category"), meta.get("set_id"))
+        key = (meta.get("l2-category"), meta.get("set_id"))
         figures.setdefault((*key, meta.get("figure_id")), []).append(right)
         questions.setdefault((*key, meta.get("question_id")), []).append(right)
-    a_acc = sum(float(r.get("score") or 0.0) >= 1.0 for r in records) / len(records)
-    f_acc = sum(all(v) for v in figures.values()) / len(figures)
-    q_acc = sum(all(v) for v in questions.values()) / len(questions)
-    return {"aAcc": a_acc, "fAcc": f_acc, "qAcc": q_acc, "overall": (a_acc + f_acc + q_acc) / 3}
+    return {
+        "aAcc": sum(float(r.get("score") or 0.0) >= 1.0 for r in records) / len(records),
+        "fAcc": sum(all(v) for v in figures.values()) / len(figures),
+        "qAcc": sum(all(v) for v in questions.values()) / len(questions),
+    }

@@ -15,9 +15,9 @@ Assumptions about the files, from VLMEvalKit's loaders (see each task's descript
   (AI4Math/MathVista) holds it in `query`, preferred when present. `question_type`, `answer_type`,
   `precision`, `choices` and (TSV) `answer_option` drive scoring; the sub-task is the `task` column.
 - HallusionBench and POPE golds are "Yes"/"No". Per-sample scores are question accuracy; VLMEvalKit's
-  headline HallusionBench number averages aAcc, fAcc and qAcc (meta keeps the ids those need), and POPE's
-  is the F1 of "yes" (meta["categories"] lists a row's splits, which can be several, comma-joined; the row
-  counts in each).
+  headline HallusionBench number averages aAcc, fAcc and qAcc (meta keeps the ids those need; figures and
+  questions are keyed by l2-category, set and figure/question id), and POPE's is the F1 of "yes"
+  (meta["categories"] lists a row's splits, which can be several, comma-joined; the row counts in each).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ register_task(
 register_task(
     _yes_no_task(
         "hallusionbench",
-        "2",
+        "3",
         "HallusionBench: yes/no; category VD/VS, l2-category and set/figure/question ids in meta",
         "HallusionBench.tsv (VLMEvalKit)",
         aggregate=hallusionbench_metrics,
