@@ -211,6 +211,9 @@ def eval_(
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Run code even where a sandbox layer is missing."
     ),
+    mcq_matching: str = typer.Option(
+        None, "--mcq-matching", help="MCQ answers: vlmevalkit (default) | lenient (recorded in the card)."
+    ),
 ) -> None:
     """Evaluate a model on a benchmark: resumable, many trajectories in flight, a report with the protocol."""
     from thyme.eval.eval_command import eval_command
@@ -241,6 +244,7 @@ def eval_(
             device=device,
             allow_weak_isolation=allow_weak_isolation,
             judge_api_key=judge_api_key,
+            mcq_matching=mcq_matching,
         )
     )
 

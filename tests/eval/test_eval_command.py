@@ -149,6 +149,7 @@ def test_bad_inputs_are_one_line_errors(model, tmp_path):
         (dict(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1"), "cannot reach the endpoint"),
         (dict(limit=0), "--limit must be >= 1"),
         (dict(temperature=-1.0), "temperature must be >= 0"),
+        (dict(mcq_matching="fuzzy"), "has no scoring choice mcq_matching"),
     ]
     for overrides, message in cases:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"

@@ -129,7 +129,7 @@ def test_protocol_card(full_run, model):
     assert p["direct_preset"]["name"] == "direct"
     assert (p["min_pixels"], p["max_pixels"]) == (3136, 12544)  # the tiny model's processor defaults
     assert p["decoding"]["max_new_tokens"] == 128 and p["decoding"]["temperature"] == 0.0
-    assert (p["max_steps"], p["on_error"], p["judge"]) == (5, "feedback", None)
+    assert (p["max_steps"], p["on_error"], p["judge"], p["scoring"]) == (5, "feedback", None, {})
     assert env["packages"]["thyme-vl"] == importlib.metadata.version("thyme-vl")
     assert env["packages"]["torch"] == importlib.metadata.version("torch")
     package = Path(thyme.__file__).parent
@@ -142,6 +142,18 @@ def test_protocol_card(full_run, model):
     else:
         assert env["git_commit"] is None
     assert env["python"].count(".") == 2 and env["platform"] and run["started"].endswith("+00:00")
+
+
+def test_protocol_card_records_scoring_choices(backend, sandbox):
+    from thyme.eval import configure_task, get_task
+    from thyme.eval.card import build_card
+
+    agent = make_agent(backend, sandbox)
+    default = build_card(get_task("vstar"), agent, data=None, tools=True)["protocol"]
+    lenient = configure_task(get_task("vstar"), mcq_matching="lenient")
+    chosen = build_card(lenient, agent, data=None, tools=True)["protocol"]
+    assert default["scoring"] == {"mcq_matching": "vlmevalkit"}
+    assert chosen["scoring"] == {"mcq_matching": "lenient"}
 
 
 def test_limit_then_resume_adds_the_rest_once(task, backend, sandbox, full_run, tmp_path):

@@ -30,28 +30,35 @@ OPTIONS = {"A": "blue car", "B": "red car", "C": "green bus", "D": "a cat"}
         ("(C)", "C"),
         ("The answer is D.", "D"),
         ("red car", "B"),
-        # VLMEvalKit's can_infer: one letter among the last five words...
+        # VLMEvalKit's can_infer: one capital letter among the last four words...
         ("I think the answer is C", "C"),
         ("so B", "B"),
+        ("B. green bus", "B"),  # the letter wins over another option's text
+        # ..."answer is X", even as the first letter of a word...
+        ("the answer is d", "D"),
+        ("answer is blue", "B"),
         # ...or exactly one option text inside the answer.
         ("It is the green bus on the left", "C"),
-        ("A cat is on the mat", "D"),  # "A" is an article here; the option text decides
+        ("A cat is on the mat", "D"),  # "A" is the first of six words: the option text decides
         ("answer B, the red car", "B"),
     ],
 )
-def test_choice_is_read(answer, expected):
+def test_choice_is_read_as_vlmevalkit_reads_it(answer, expected):
     assert extract_choice(answer, OPTIONS) == expected
 
 
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
+        ("b", "a lone lowercase letter is no option letter"),
+        ("(b)", "nor in parentheses"),
         ("A or C", "two letters"),
         ("A, B", "two letters"),
         ("the red car or the blue car", "two option texts"),
-        ("B. green bus", "the letter contradicts another option's text"),
-        ("C because it is green and big and parked over there", "a lone letter far from the end"),
+        ("C because it is green and big", "a lone letter before the last four words"),
         ("Based on the image, I cannot tell", "no letter, no option text"),
+        ("Cannot determine the answer", "a refusal"),
+        ("Z", "VLMEvalKit's no-answer option"),
         ("E", "not an option"),
         ("", "empty"),
         (None, "no answer"),
@@ -59,6 +66,27 @@ def test_choice_is_read(answer, expected):
 )
 def test_choice_refuses(answer, why):
     assert extract_choice(answer, OPTIONS) is None, why
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("b", "B"),
+        ("(c)", "C"),
+        ("Option d", "D"),
+        ("C because it is green and big", None),  # five words from the end here: "C" is the sixth
+        ("C because it is green", "C"),
+        ("B. green bus", None),  # the letter contradicts another option's text
+        ("red car", "B"),
+    ],
+)
+def test_lenient_matching_is_an_explicit_choice(answer, expected):
+    assert extract_choice(answer, OPTIONS, "lenient") == expected
+
+
+def test_unknown_matching_is_refused():
+    with pytest.raises(ValueError, match="choose vlmevalkit or lenient"):
+        extract_choice("B", OPTIONS, "fuzzy")
 
 
 def test_long_answers_are_not_searched_for_option_texts():

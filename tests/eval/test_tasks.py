@@ -152,6 +152,25 @@ def test_mcq_files_that_are_not_the_benchmark_are_refused(tmp_path):
         list(get_task("vstar").load(write_tsv(tmp_path / "b.tsv", bad_gold), tmp_path / "c"))
 
 
+def test_mcq_matching_is_an_explicit_choice():
+    from thyme.eval import EvalSample, configure_task
+
+    task = get_task("vstar")
+    lenient = configure_task(task, mcq_matching="lenient")
+    sample = EvalSample("1", "Which?", "B", choices={"A": "a red car", "B": "a blue car"})
+    assert task.extract("b", sample) is None and lenient.extract("b", sample) == "B"
+    assert lenient.scoring == {"mcq_matching": "lenient"} and lenient.version == task.version
+    assert configure_task(task, mcq_matching="vlmevalkit") is task
+    mathvista = configure_task(get_task("mathvista_mini"), mcq_matching="lenient")
+    assert (
+        mathvista.extract("(b)", sample) == "B" and get_task("mathvista_mini").extract("(b)", sample) is None
+    )
+    with pytest.raises(ValueError, match="choose vlmevalkit or lenient"):
+        configure_task(task, mcq_matching="fuzzy")
+    with pytest.raises(ValueError, match=r"pope has no scoring choice mcq_matching \(its choices: none\)"):
+        configure_task(get_task("pope"), mcq_matching="lenient")
+
+
 # -- yes/no: HallusionBench, POPE --------------------------------------------------------------------------
 def test_hallusionbench(tmp_path):
     rows = [

@@ -125,3 +125,27 @@ def test_hallusionbench_groups_figures_and_questions_by_subcategory(tmp_path):
         assert got == pytest.approx([a_acc / 100, f_acc / 100, q_acc / 100]), split
     overall = HALLUSION_EXPECTED["Overall"]
     assert metrics["overall"] == pytest.approx(sum(overall) / 300)
+
+
+# -- multiple choice ---------------------------------------------------------------------------------------
+def test_mcq_matching_matches_vlmevalkit_can_infer(tmp_path):
+    """Each answer of mcq_predictions.tsv (three option sets) is read as VLMEvalKit's `can_infer`
+    (vlmeval/utils/matching_util.py, the exact-matching path of its MCQ and MathVista scorers) read it: the
+    column `vlmevalkit_can_infer` ("" for no letter; its refusal option "Z" is no letter here either)."""
+    rows = fixture_rows("mcq_predictions.tsv")
+    image = b64(png_bytes())
+    tsv = [
+        {k: v for k, v in row.items() if k not in ("prediction", "vlmevalkit_can_infer")}
+        | {"image": image if i == 0 else rows[0]["index"]}
+        for i, row in enumerate(rows)
+    ]
+    task = get_task("vstar")
+    assert task.scoring == {"mcq_matching": "vlmevalkit"}
+    samples = {s.id: s for s in task.load(write_tsv(tmp_path / "mcq.tsv", tsv), tmp_path / "c")}
+    agree = [
+        (task.extract(row["prediction"], samples[row["index"]]) or "")
+        == row["vlmevalkit_can_infer"].replace("Z", "")
+        for row in rows
+    ]
+    disagreeing = [row["prediction"] for row, ok in zip(rows, agree, strict=True) if not ok]
+    assert not disagreeing and len(agree) == 168

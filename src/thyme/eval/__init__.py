@@ -4,7 +4,7 @@ resumable runner, and reports with the protocol stored beside every number.
     thyme eval --task vstar --model Kwai-Keye/Thyme-RL --data VStarBench.tsv --out runs/vstar
 """
 
-from thyme.eval.task import EvalSample, TaskSpec, get_task, register_task, task_names
+from thyme.eval.task import EvalSample, TaskSpec, configure_task, get_task, register_task, task_names
 
 
 def __getattr__(name: str):
@@ -20,4 +20,13 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["EvalSample", "TaskSpec", "get_task", "register_task", "run_eval", "task_names", "write_report"]
+__all__ = [
+    "EvalSample",
+    "TaskSpec",
+    "configure_task",
+    "get_task",
+    "register_task",
+    "run_eval",
+    "task_names",
+    "write_report",
+]

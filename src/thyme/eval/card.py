@@ -103,6 +103,7 @@ def build_card(task, agent, *, data: Path | None, tools: bool, judge=None) -> di
         "on_error": config.on_error,
         "agent_config": agent_config,
         "judge": describe_judge(judge) if task.judge else None,
+        "scoring": dict(task.scoring),  # choices beyond the task's version (MCQ matching)
         "math_backend": _math_backend(),
     }
     return {

@@ -49,11 +49,12 @@ def eval_command(
     device: str = "auto",
     allow_weak_isolation: bool = False,
     judge_api_key: str | None = None,
+    mcq_matching: str | None = None,
 ) -> int:
     """Evaluate `task` with `model` into `out` (`out/tools`, `out/direct`), then write `out/report.md`."""
     from thyme.agent import Agent, AgentConfig, BackendError, SamplingParams
     from thyme.agent.backends.base import backend_options
-    from thyme.eval.task import get_task
+    from thyme.eval.task import configure_task, get_task
     from thyme.sandbox import SandboxConfig
 
     def fail(message: str, status: int = 2) -> int:
@@ -62,6 +63,8 @@ def eval_command(
 
     try:
         spec = get_task(task)
+        if mcq_matching is not None:
+            spec = configure_task(spec, mcq_matching=mcq_matching)
     except ValueError as exc:
         return fail(str(exc))
     if data is not None and not data.exists():

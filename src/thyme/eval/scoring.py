@@ -2,12 +2,16 @@
 
 They follow VLMEvalKit's rules where those are documented, so our numbers can sit beside published ones:
 
-- MCQ (`extract_choice`): the protocol's strict reader first (`thyme.protocol.extract_option_letter`: "B",
-  "(B)", "B. text", "Option B", the option's own text); then VLMEvalKit's `can_infer` rule: exactly one
-  option letter among the words, within the last five words, else exactly one option text inside the answer
-  (answers longer than twice all option texts together are not searched). Two letters or two option texts
-  give None, never a guess. One deliberate difference: VLMEvalKit takes "B" from "B. blue" even when "blue"
-  is option C's text and B's text is absent; such a contradictory answer gives None here.
+- MCQ (`extract_choice`): by default VLMEvalKit's rule-based matching (`can_infer`, as its MCQ and MathVista
+  scorers use it without a judge): the answer's words (these marks `.()[],:;!*#{}` made spaces) hold
+  exactly one option letter, in capitals, among the last four words; else "answer is X" (X one of A-D, any
+  case, even the first letter of a word); else exactly one option text, lower-cased, inside the answer
+  (answers longer than twice all option texts together are not searched). A lone "b" is no letter there,
+  nor here. A refusal VLMEvalKit recognises ("Cannot determine the answer", a lone "Z") gives None.
+  `mcq_matching="lenient"` (an explicit choice, recorded in the protocol card) first tries the protocol's
+  strict reader (`thyme.protocol.extract_option_letter`: "b", "(B)", "B. text", "Option B", the option's own
+  text), then the same word and text rules with the last five words, and refuses an answer whose letter
+  contradicts another option's text ("B. blue" where blue is C's text), which VLMEvalKit takes as B.
 - Yes/no (`extract_yes_no`): VLMEvalKit's `YOrN_Extraction`: "yes" among the words and no "no" gives yes,
   and the reverse; anything else (both, neither) gives None. Words are split as VLMEvalKit's
   `process_punctuation` splits them, quirks included: "No:" is no word "no" there, so not here either.
@@ -40,13 +44,49 @@ log = logging.getLogger(__name__)
 
 # -- multiple choice ---------------------------------------------------------------------------------------
 _MCQ_PUNCT_RE = re.compile(r"[.()\[\],:;!*#{}]")
-_LAST_WORDS = 5  # VLMEvalKit accepts a lone option letter only among the last five words
+_LAST_WORDS = 5  # a lone option letter counts near the end: VLMEvalKit's last four words, lenient's five
 
 
-def extract_choice(answer: str | None, choices: Mapping[str, str]) -> str | None:
-    """The option letter an answer picks (VLMEvalKit-compatible, see the module docstring), or None."""
+MCQ_MATCHING = ("vlmevalkit", "lenient")
+_REFUSALS = (  # VLMEvalKit's can_infer_option: answers that refuse to choose (its option "Z")
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+_ANSWER_IS_RE = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
+
+
+def extract_choice(
+    answer: str | None, choices: Mapping[str, str], matching: str = "vlmevalkit"
+) -> str | None:
+    """The option letter an answer picks (see the module docstring for `matching`), or None."""
+    if matching not in MCQ_MATCHING:
+        raise ValueError(f"MCQ matching {matching!r} is unknown; choose {' or '.join(MCQ_MATCHING)}")
     if answer is None or not answer.strip() or not choices:
         return None
+    if matching == "lenient":
+        return _lenient_choice(answer, choices)
+    return _vlmevalkit_choice(answer, choices)
+
+
+def _vlmevalkit_choice(answer: str, choices: Mapping[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer`: the letter rule, "answer is X", then the option-text rule."""
+    if any(refusal in answer for refusal in _REFUSALS):
+        return None
+    words = _MCQ_PUNCT_RE.sub(" ", answer).split()
+    found = [letter for letter in choices if letter in words]
+    if len(found) == 1 and words.index(found[0]) > len(words) - _LAST_WORDS:
+        return found[0]
+    if not found and "Z" in words:  # VLMEvalKit's "no answer" option
+        return None
+    stated = _ANSWER_IS_RE.search(answer)
+    if stated is not None and stated.group(1).upper() in choices:
+        return stated.group(1).upper()
+    return _option_text_inside(answer, choices)
+
+
+def _lenient_choice(answer: str, choices: Mapping[str, str]) -> str | None:
     strict = extract_option_letter(answer, choices)
     if strict is not None:
         return strict
@@ -74,12 +114,12 @@ def _names(text: str, option: str) -> bool:
 
 
 def _option_text_inside(text: str, choices: Mapping[str, str]) -> str | None:
+    """Exactly one option's text, lower-cased, inside the lower-cased answer (VLMEvalKit's
+    `can_infer_text`; an empty option text is inside every answer, as there)."""
     said = text.lower()
     if len(said) > 2 * sum(len(str(option)) for option in choices.values()):
         return None
-    hits = [
-        letter for letter, option in choices.items() if str(option).strip() and str(option).lower() in said
-    ]
+    hits = [letter for letter, option in choices.items() if str(option).lower() in said]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -63,6 +63,9 @@ class TaskSpec:
     judge:                   the metric can use an LLM judge when one is configured.
     aggregate(records):      the benchmark's headline metrics from the scored result records (POPE's F1,
                              HallusionBench's aAcc/fAcc/qAcc), when they are not the mean score.
+    scoring:                 the scoring choices in effect ({"mcq_matching": "vlmevalkit"}), recorded in the
+                             protocol card; the defaults are VLMEvalKit's behaviour.
+    rescore(**choices):      the same task with other scoring choices (`configure_task` calls it).
     """
 
     name: str
@@ -75,12 +78,16 @@ class TaskSpec:
     data_hint: str = ""
     judge: bool = False
     aggregate: Callable[[Sequence[Mapping[str, Any]]], dict[str, float]] | None = None
+    scoring: Mapping[str, str] = field(default_factory=dict)
+    rescore: Callable[..., TaskSpec] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "_").replace("_", "a").isalnum():
             raise ValueError(f"task name {self.name!r} must be letters, digits, '-' or '_'")
         if not self.version:
             raise ValueError(f"task {self.name!r} needs a version (bump it whenever a number would change)")
+        if self.scoring and self.rescore is None:
+            raise ValueError(f"task {self.name!r} has scoring choices but no rescore to apply other ones")
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -92,6 +99,19 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
         raise ValueError(f"a task named {spec.name!r} is already registered; pass replace=True to override")
     _TASKS[spec.name] = spec
     return spec
+
+
+def configure_task(spec: TaskSpec, **choices: str) -> TaskSpec:
+    """`spec` with scoring choices changed (`configure_task(task, mcq_matching="lenient")`); a choice the
+    task does not have is an error naming the ones it has."""
+    unknown = sorted(set(choices) - set(spec.scoring))
+    if unknown:
+        has = ", ".join(sorted(spec.scoring)) or "none"
+        raise ValueError(f"task {spec.name} has no scoring choice {', '.join(unknown)} (its choices: {has})")
+    if all(spec.scoring[k] == v for k, v in choices.items()):
+        return spec
+    assert spec.rescore is not None  # __post_init__: a task with scoring choices has rescore
+    return spec.rescore(**{**spec.scoring, **choices})
 
 
 def get_task(name: str) -> TaskSpec:

@@ -3,7 +3,10 @@
 Prompts are the released evaluation's wrappers (`thyme.protocol.wrappers`): MCQ benchmarks (V*, HR-Bench,
 MME-RealWorld) get the lettered options and "Please select the correct answer from the options above.";
 yes/no benchmarks (HallusionBench, POPE) get " Please answer yes or no."; MathVista, a VQA benchmark in
-VLMEvalKit, gets the short-answer request after its question. Scoring is `thyme.eval.scoring`.
+VLMEvalKit, gets the short-answer request after its question. Scoring is `thyme.eval.scoring`; MCQ answers
+(and MathVista's multiple-choice ones) are read by VLMEvalKit's rule-based matching unless the task is
+configured otherwise (`configure_task(task, mcq_matching="lenient")`, `thyme eval --mcq-matching lenient`),
+which the protocol card records.
 
 Assumptions about the files, from VLMEvalKit's loaders (see each task's description):
 - MCQ golds are option letters, or option texts that match one option exactly; options are the A..Z
@@ -30,6 +33,7 @@ from pathlib import Path
 from thyme.eval.loaders import Columns, DataError, load_table, load_toyworld
 from thyme.eval.scoring import (
     MATH_BACKEND,
+    MCQ_MATCHING,
     box_iou,
     decimals,
     exact_match,
@@ -84,24 +88,34 @@ def _prompt_mcq(sample: EvalSample) -> str:
     return wrap_mcq(sample.question, sample.choices or {}, sample.hint)
 
 
-def _extract_mcq(answer: str | None, sample: EvalSample) -> str | None:
-    return extract_choice(answer, sample.choices or {})
+def _extract_mcq(answer: str | None, sample: EvalSample, *, matching: str) -> str | None:
+    return extract_choice(answer, sample.choices or {}, matching)
+
+
+def _mcq_matching(value: str) -> str:
+    if value not in MCQ_MATCHING:
+        raise ValueError(f"MCQ matching {value!r} is unknown; choose {' or '.join(MCQ_MATCHING)}")
+    return value
 
 
 def _score_equal(prediction: str | None, sample: EvalSample) -> float:
     return float(prediction is not None and prediction == sample.answer)
 
 
-def _mcq_task(name: str, version: str, description: str, data_hint: str) -> TaskSpec:
+def _mcq_task(
+    name: str, version: str, description: str, data_hint: str, mcq_matching: str = "vlmevalkit"
+) -> TaskSpec:
     return TaskSpec(
         name=name,
         version=version,
         description=description,
         load=_table_loader(name, _shape_mcq, data_hint),
         prompt=_prompt_mcq,
-        extract=_extract_mcq,
+        extract=functools.partial(_extract_mcq, matching=_mcq_matching(mcq_matching)),
         score=_score_equal,
         data_hint=data_hint,
+        scoring={"mcq_matching": mcq_matching},
+        rescore=functools.partial(_mcq_task, name, version, description, data_hint),
     )
 
 
@@ -148,9 +162,9 @@ def _shape_mathvista(sample: EvalSample) -> EvalSample:
     return dataclasses.replace(shaped, category=category, meta=meta)
 
 
-def _extract_mathvista(answer: str | None, sample: EvalSample) -> str | None:
+def _extract_mathvista(answer: str | None, sample: EvalSample, *, matching: str) -> str | None:
     if sample.choices:
-        return extract_choice(answer, sample.choices)
+        return extract_choice(answer, sample.choices, matching)
     if answer is None:
         return None
     return strip_answer_leadins(answer) or None
@@ -185,8 +199,8 @@ def _precision(sample: EvalSample) -> int:
 def _extract_toyworld(answer: str | None, sample: EvalSample) -> str | None:
     if answer is None:
         return None
-    if sample.choices:
-        return extract_choice(answer, sample.choices)
+    if sample.choices:  # the toy world is ours: the protocol's own reader, beyond VLMEvalKit's rule
+        return extract_choice(answer, sample.choices, "lenient")
     return strip_answer_leadins(answer) or None
 
 
@@ -228,7 +242,7 @@ def _toyworld_task(kind: str, description: str) -> TaskSpec:
 register_task(
     _mcq_task(
         "vstar",
-        "1",
+        "2",
         "V* Bench: 191 MCQs on small details in large images (direct_attributes, relative_position)",
         "VStarBench.tsv (VLMEvalKit: index, image, question, A-D, answer, category)",
     )
@@ -236,7 +250,7 @@ register_task(
 register_task(
     _mcq_task(
         "hrbench4k",
-        "1",
+        "2",
         "HR-Bench 4K: MCQ A-D on 4K images (single- and cross-instance; cycle_category in meta)",
         "hr_bench_4k.tsv (VLMEvalKit, from DreamMr/HR-Bench)",
     )
@@ -244,7 +258,7 @@ register_task(
 register_task(
     _mcq_task(
         "hrbench8k",
-        "1",
+        "2",
         "HR-Bench 8K: MCQ A-D on 8K images (single- and cross-instance; cycle_category in meta)",
         "hr_bench_8k.tsv (VLMEvalKit, from DreamMr/HR-Bench)",
     )
@@ -252,7 +266,7 @@ register_task(
 register_task(
     _mcq_task(
         "mme_realworld",
-        "1",
+        "2",
         "MME-RealWorld: MCQ A-E; category = the Perception/Reasoning sub-task, l2-category in meta",
         "MME-RealWorld.tsv (VLMEvalKit, built from yifanzhang114/MME-RealWorld-Base64)",
     )
@@ -260,7 +274,7 @@ register_task(
 register_task(
     _mcq_task(
         "mme_realworld_lite",
-        "1",
+        "2",
         "MME-RealWorld-Lite: MCQ A-E; category = the sub-task, l2-category in meta",
         "mme_realworld_lite.tsv (VLMEvalKit, from yifanzhang114/MME-RealWorld-Base64)",
     )
@@ -284,10 +298,12 @@ register_task(
     )
 )
 _MATHVISTA_HINT = "MathVista_MINI.tsv (VLMEvalKit), or AI4Math/MathVista parquet files (split testmini)"
-register_task(
-    TaskSpec(
+
+
+def _mathvista_task(mcq_matching: str = "vlmevalkit") -> TaskSpec:
+    return TaskSpec(
         name="mathvista_mini",
-        version=f"1+{MATH_BACKEND}",
+        version=f"2+{MATH_BACKEND}",
         description=(
             "MathVista testmini: free-form numbers (per-question precision), lists and text, and MCQs; "
             f"category = task; math equivalence by {MATH_BACKEND}"
@@ -296,12 +312,16 @@ register_task(
             "mathvista_mini", _shape_mathvista, _MATHVISTA_HINT, _MATHVISTA_COLUMNS, "testmini"
         ),
         prompt=lambda sample: wrap_short_vqa(sample.question),
-        extract=_extract_mathvista,
+        extract=functools.partial(_extract_mathvista, matching=_mcq_matching(mcq_matching)),
         score=_score_mathvista,
         data_hint=_MATHVISTA_HINT,
         judge=True,
+        scoring={"mcq_matching": mcq_matching},
+        rescore=_mathvista_task,
     )
-)
+
+
+register_task(_mathvista_task())
 register_task(
     _toyworld_task("zoom", "toy world: read a small target in a large cluttered image (crop, zoom)")
 )
