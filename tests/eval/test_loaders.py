@@ -95,7 +95,7 @@ def test_tsv_rows_become_samples_with_cached_images(tsv, tmp_path):
     assert s11.meta == {"source": "y"}
     assert s11.image.name == cached_name(RED, "png")
     assert s11.image.read_bytes() == RED  # the original bytes, not a re-encoding
-    assert s11.image.parent.parent == cache
+    assert s11.image.parent.parent == cache / "decoded"
     # Row 12 references row 11's image; row 10 references row 13's, which comes after it.
     assert samples["12"].image == s11.image
     assert samples["10"].image == samples["13"].image
@@ -200,28 +200,56 @@ def test_missing_column_lists_the_columns_there_are(tmp_path):
         list(load_table(path, tmp_path / "c"))
 
 
-def test_corrupt_base64_fails_naming_the_row(tmp_path):
+def test_corrupt_base64_is_that_sample_s_error(tmp_path):
     rows = [
         {"index": 0, "image": b64(RED), "question": "q", "answer": "a"},
         {"index": 7, "image": b64(BLUE)[:-3] + "!!!" + "A" * 70, "question": "q", "answer": "a"},
     ]
-    path = write_tsv(tmp_path / "t.tsv", rows)
-    with pytest.raises(DataError, match=r"row 2 \(index 7\): the image is not valid base64"):
-        list(load_table(path, tmp_path / "c"))
+    samples = {s.id: s for s in load_table(write_tsv(tmp_path / "t.tsv", rows), tmp_path / "c")}
+    assert samples["0"].error is None and samples["0"].image.is_file()
+    assert samples["7"].image is None
+    assert "row 2 (index 7): the image is not valid base64" in samples["7"].error
 
 
-def test_base64_that_is_no_image_fails_naming_the_row(tmp_path):
+def test_base64_that_is_no_image_is_that_sample_s_error(tmp_path):
     rows = [
         {"index": 3, "image": b64(b"not an image at all, just text " * 4), "question": "q", "answer": "a"}
     ]
-    with pytest.raises(DataError, match=r"row 1 \(index 3\): the image is not a readable image"):
-        list(load_table(write_tsv(tmp_path / "t.tsv", rows), tmp_path / "c"))
+    (sample,) = load_table(write_tsv(tmp_path / "t.tsv", rows), tmp_path / "c")
+    assert sample.image is None and "row 1 (index 3): the image is not a readable image" in sample.error
 
 
-def test_truncated_image_fails(tmp_path):
-    rows = [{"index": 3, "image": b64(noise_png_bytes(60)[:-200]), "question": "q", "answer": "a"}]
-    with pytest.raises(DataError, match=r"index 3\): the image is corrupt"):
-        list(load_table(write_tsv(tmp_path / "t.tsv", rows), tmp_path / "c"))
+def test_truncated_images_are_errors_at_load_time_not_inputs(tmp_path):
+    """A truncated JPEG passes PIL's verify(); it must not reach the model. It is its sample's error, and
+    that of the rows that reference its image; the other samples load, and nothing broken is cached."""
+    jpeg = jpeg_bytes(3, size=(64, 48))
+    rows = [
+        {"index": 1, "image": b64(jpeg[: len(jpeg) // 2]), "question": "q", "answer": "a"},
+        {"index": 2, "image": "1", "question": "q", "answer": "a"},
+        {"index": 3, "image": b64(noise_png_bytes(60)[:-200]), "question": "q", "answer": "a"},
+        {"index": 4, "image": b64(jpeg), "question": "q", "answer": "a"},
+    ]
+    cache = tmp_path / "c"
+    samples = {s.id: s for s in load_table(write_tsv(tmp_path / "t.tsv", rows), cache)}
+    assert list(samples) == ["1", "2", "3", "4"]
+    assert "row 1 (index 1): the image is corrupt (image file is truncated" in samples["1"].error
+    assert samples["2"].error == samples["1"].error and samples["2"].image is None
+    assert "index 3): the image is corrupt" in samples["3"].error
+    assert samples["4"].error is None and samples["4"].image.read_bytes() == jpeg
+    assert [p for p in cache.rglob("*") if p.is_file()] == [samples["4"].image]
+    assert samples["4"].image.parent.parent == cache / "decoded"
+
+
+def test_truncated_image_in_parquet_is_that_sample_s_error(tmp_path):
+    jpeg = jpeg_bytes(4, size=(64, 48))
+    rows = [
+        {"id": "cut", "image": image_struct(jpeg[:-300], "a.jpg"), "question": "q", "answer": "a"},
+        {"id": "whole", "image": image_struct(jpeg, "b.jpg"), "question": "q", "answer": "a"},
+    ]
+    path = write_parquet(tmp_path / "d" / "test-00000-of-00001.parquet", rows)
+    samples = {s.id: s for s in load_table(path, tmp_path / "c")}
+    assert "the image is corrupt" in samples["cut"].error and samples["cut"].image is None
+    assert samples["whole"].error is None
 
 
 def test_reference_to_a_missing_row_fails(tmp_path):

@@ -231,6 +231,7 @@ def test_unusable_images_are_scored_zero_with_the_reason(backend, sandbox, model
     bad = [
         EvalSample("gone", "What is six times seven?", "42", image=tmp_path / "gone.png"),
         EvalSample("corrupt", "What is six times seven?", "42", image=corrupt),
+        EvalSample("cut", "What is six times seven?", "42", error="row 9: the image is corrupt (truncated)"),
     ]
 
     def load(data, cache_dir):
@@ -240,8 +241,11 @@ def test_unusable_images_are_scored_zero_with_the_reason(backend, sandbox, model
     task = dataclasses.replace(good, load=load)
     result = run_eval(task, make_agent(backend, sandbox), data=None, out_dir=tmp_path)
     records = {r["id"]: r for r in lines(tmp_path / "tools" / "results.jsonl")}
-    assert result.scored == 4 and records["s0"]["score"] == 1.0 and records["s1"]["score"] == 1.0
+    assert result.scored == 5 and records["s0"]["score"] == 1.0 and records["s1"]["score"] == 1.0
     assert records["gone"]["reason"] == records["corrupt"]["reason"] == "input_error"
+    cut = records["cut"]  # an error found at load time: scored 0, never run
+    assert (cut["reason"], cut["score"], cut["steps"], cut["trajectory"]) == ("input_error", 0.0, 0, None)
+    assert cut["error"] == "row 9: the image is corrupt (truncated)"
     assert records["gone"]["score"] == records["corrupt"]["score"] == 0.0
     assert "does not exist" in records["gone"]["error"]
     assert "not a readable image" in records["corrupt"]["error"]

@@ -14,9 +14,12 @@ Three sources:
   image relative to DIR, question, answer, category, difficulty, optional choices, gold, direct, meta).
 
 Files are streamed (a TSV can be several GB), images are decoded into `cache_dir` under content-addressed
-names (`ab/abcdef....png`, written atomically, reused across runs), and every problem is one error line that
-names the file and the row: a corrupt image stops the load rather than being skipped, since a benchmark with
-a silently missing sample is no longer comparable.
+names (`decoded/ab/abcdef....png`, written atomically, reused across runs), and every problem names the file
+and the row. A file that cannot be read as a benchmark (missing columns, a torn row) stops the load. An image
+that does not decode fully (not base64, not an image, a truncated JPEG) is that sample's error: the sample is
+kept with `error` set and no image, so the runner scores it 0 as an input error and never sends it to the
+model, and the benchmark keeps its size. Every image is decoded to the last pixel once, when it enters the
+cache (PIL's `verify()` alone lets a truncated JPEG through); the cache holds only images that passed.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class DataError(ValueError):
     """A benchmark file cannot be read as asked; the message names the file, the row and the fix."""
 
 
+class ImageError(DataError):
+    """One row's image cannot be decoded; that sample becomes an input error, the load goes on."""
+
+
 @dataclass(frozen=True)
 class Columns:
     """Where a benchmark keeps each field: candidate column names, the first one present wins.
@@ -74,38 +81,47 @@ class Columns:
 
 # -- the image cache ---------------------------------------------------------------------------------------
 class ImageCache:
-    """Image bytes stored once under their SHA-256 (`cache_dir/ab/abcdef...<ext>`), written atomically."""
+    """Image bytes that decode fully, stored once under their SHA-256 (`cache_dir/decoded/ab/abcdef...<ext>`),
+    written atomically. Files are checked when they enter the cache, so a cached file is trusted; the
+    `decoded` folder keeps them apart from caches written before images were decoded in full."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.root = Path(cache_dir)
+        self.root = Path(cache_dir) / "decoded"
         self._known: set[Path] = set()
 
     def put(self, data: bytes, where: str) -> Path:
-        """The cached file for `data`; `where` (file and row) goes into the error for non-image bytes."""
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = (img.format or "img").lower()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(
-                f"{where}: the image is not a readable image file ({exc}); re-download the file"
-            ) from None
+        """The cached file for `data`; ImageError naming `where` (file and row) when it does not decode."""
+        fmt = check_decodes(io.BytesIO(data), where)
         digest = hashlib.sha256(data).hexdigest()
         ext = {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
         path = self.root / digest[:2] / f"{digest}.{ext}"
-        if path in self._known or path.exists():
-            self._known.add(path)
-            return path
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.verify()
-        except Exception as exc:  # PIL raises many types for truncated or corrupt data
-            raise DataError(f"{where}: the image is corrupt ({exc}); re-download the file") from None
-        atomic_write(path, data)
+        if path not in self._known and not path.exists():
+            atomic_write(path, data)
         self._known.add(path)
         return path
 
     def put_base64(self, text: str, where: str) -> Path:
         return self.put(decode_base64(text, where), where)
+
+
+def check_decodes(source: Path | io.BytesIO, where: str) -> str:
+    """The image's format ("png", "jpeg"...) once every pixel has decoded; ImageError naming `where` for
+    data that is no image or stops early (a truncated JPEG passes PIL's `verify()`, not `load()`)."""
+    try:
+        with Image.open(source) as img:
+            fmt = (img.format or "img").lower()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(
+            f"{where}: the image is not a readable image file ({exc}); re-download the file"
+        ) from None
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        with Image.open(source) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types for truncated or corrupt data
+        raise ImageError(f"{where}: the image is corrupt ({exc}); re-download the file") from None
+    return fmt
 
 
 def decode_base64(text: str, where: str) -> bytes:
@@ -116,7 +132,7 @@ def decode_base64(text: str, where: str) -> bytes:
     try:
         return base64.b64decode("".join(s.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise DataError(
+        raise ImageError(
             f"{where}: the image is not valid base64 ({exc}); the file is corrupt or truncated"
         ) from None
 
@@ -213,7 +229,7 @@ def _tsv_rows(path: Path, cache: ImageCache) -> Iterator[tuple[str, dict[str, An
     """
     # Base64 images exceed csv's 128 KiB default field limit; the limit is process-wide, raising it is safe.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    by_index: dict[str, list[Path]] = {}  # row index -> its decoded images (paths only: small)
+    by_index: dict[str, list[Path] | ImageError] = {}  # row index -> its decoded images, or why not
     waiting: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # image index -> rows that reference it
     skipped = 0
     with path.open(encoding="utf-8-sig", newline="") as fh:
@@ -244,7 +260,10 @@ def _tsv_rows(path: Path, cache: ImageCache) -> Iterator[tuple[str, dict[str, An
                     continue
                 row["image"] = by_index[cell]
             else:
-                row["image"] = [cache.put_base64(item, where) for item in _as_list(cell)]
+                try:
+                    row["image"] = [cache.put_base64(item, where) for item in _as_list(cell)]
+                except ImageError as exc:
+                    row["image"] = exc  # this row's error, and that of rows that reference its image
                 by_index[row["index"]] = row["image"]
             yield where, row
             for ref_where, ref_row in waiting.pop(row["index"], []):
@@ -273,9 +292,11 @@ def _as_list(cell: str) -> list[str]:
 
 
 def _relative_image(root: Path, name: str, where: str) -> Path:
+    """An image file named by the data (beside it, or absolute); decoded in full, as cached images are."""
     path = Path(name) if Path(name).is_absolute() else root / name
     if not path.is_file():
         raise DataError(f"{where}: image file {path} is missing; keep the images beside the data file")
+    check_decodes(path, where)
     return path
 
 
@@ -355,11 +376,15 @@ def _samples(path: Path, rows: Rows, columns: Columns, cache: ImageCache) -> Ite
     for number, (where, row) in enumerate(rows):
         if names is None:
             names = _resolve_columns(path, row, columns)
-        images = _image_paths(row[names["image"]], path.parent, cache, where)
-        if not images:
+        error = None
+        try:
+            images = _image_paths(row[names["image"]], path.parent, cache, where)
+        except ImageError as exc:
+            images, error = [], str(exc)
+        if not images and error is None:
             skipped += 1
             continue
-        sample = _to_sample(number, row, names, images)
+        sample = _to_sample(number, row, names, images, error)
         if sample.id in seen:
             raise DataError(
                 f"{where} repeats id {sample.id!r}; ids must be unique (they are the resume keys)"
@@ -400,6 +425,8 @@ def _image_paths(value: Any, root: Path, cache: ImageCache, where: str) -> list[
     """Files for an image cell: cached paths already, bytes, {"bytes", "path"}, base64 text or a path."""
     if value is None:
         return []
+    if isinstance(value, ImageError):  # a TSV row whose image did not decode
+        raise value
     if isinstance(value, Path):
         return [value]
     if isinstance(value, list):
@@ -421,7 +448,7 @@ def _image_paths(value: Any, root: Path, cache: ImageCache, where: str) -> list[
 
 
 def _to_sample(
-    number: int, row: dict[str, Any], names: Mapping[str, str | None], images: list[Path]
+    number: int, row: dict[str, Any], names: Mapping[str, str | None], images: list[Path], error: str | None
 ) -> EvalSample:
     choices = {c: _text(row[c]) for c in string.ascii_uppercase if c in row and _text(row[c])}
     if not choices and names["options"]:
@@ -439,11 +466,12 @@ def _to_sample(
         id=field("id") if names["id"] else str(number),
         question=field("question"),
         answer=field("answer"),
-        image=images[0],
+        image=images[0] if images else None,
         choices=choices or None,
         category=field("category"),
         hint=field("hint") or None,
         meta=meta,
+        error=error,
     )
 
 

@@ -335,6 +335,9 @@ def trajectory_dirname(sample_id: str) -> str:
 
 # -- drivers --------------------------------------------------------------------------------------------
 def _usable(sample: EvalSample, writer: _Writer) -> bool:
+    if sample.error is not None:  # found while loading (an image that does not decode fully)
+        writer.input_error(sample, sample.error)
+        return False
     if sample.image is not None and not Path(sample.image).is_file():
         writer.input_error(sample, f"image {sample.image} does not exist")
         return False

@@ -35,6 +35,8 @@ class EvalSample:
     category: the breakdown the report groups by (a benchmark's sub-task, a toy-world difficulty...).
     hint:     an MCQ hint, when the benchmark has one.
     meta:     anything else a metric or the report needs (answer type, tolerance, source row...).
+    error:    why the sample's input cannot be used (its image does not decode fully), or None; the runner
+              scores such a sample 0 as an input error and never sends it to the model.
     """
 
     id: str
@@ -45,6 +47,7 @@ class EvalSample:
     category: str = ""
     hint: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
 
 Loader = Callable[[Path | None, Path], Iterator[EvalSample]]
