@@ -22,6 +22,8 @@ BUILT_IN = {
     "mathvista_mini",
     "hallusionbench",
     "pope",
+    "ocrbench",
+    "chartqa",
     "toyworld_zoom",
     "toyworld_compute",
     "toyworld_rotate",
@@ -233,6 +235,56 @@ def test_yes_no_gold_that_is_neither_is_refused(tmp_path):
     rows = [{"index": 1, "image": b64(png_bytes()), "question": "q", "answer": "maybe", "category": "random"}]
     with pytest.raises(DataError, match="neither yes nor no"):
         list(get_task("pope").load(write_tsv(tmp_path / "p.tsv", rows), tmp_path / "c"))
+
+
+# -- OCRBench, ChartQA -------------------------------------------------------------------------------------
+def test_ocrbench(tmp_path):
+    rows = [
+        {
+            "index": 0,
+            "image": b64(png_bytes()),
+            "question": "what is written in the image?",
+            "answer": "['Coffee', 'COFFEE BAR']",
+            "category": "Regular Text Recognition",
+        },
+        {
+            "index": 1,
+            "image": "0",
+            "question": "Write the expression in LaTeX.",
+            "answer": "['x^{2}']",
+            "category": "Handwritten Mathematical Expression Recognition",
+        },
+    ]
+    task = get_task("ocrbench")
+    samples = load("ocrbench", write_tsv(tmp_path / "OCRBench.tsv", rows), tmp_path)
+    text, formula = samples["0"], samples["1"]
+    assert text.meta["answers"] == ["Coffee", "COFFEE BAR"]
+    assert task.prompt(text).startswith("what is written in the image?")
+    assert_round_trip(task, text, right=["coffee", "It says COFFEE bar."], wrong=["cofee", "tea"])
+    assert_round_trip(task, formula, right=["x ^ {2}"], wrong=["X^{2}", "x2"])  # case kept, spaces not
+    records = [{"category": s.category, "score": 1.0} for s in (text, formula)]
+    metrics = task.aggregate(records)
+    assert metrics["final_score"] == 2 and metrics["Text Recognition"] == 1 and metrics["accuracy"] == 1.0
+
+
+def test_chartqa(tmp_path):
+    rows = [
+        {"index": 0, "image": b64(png_bytes()), "question": "Max?", "answer": "40", "split": "human"},
+        {"index": 1, "image": "0", "question": "Colour?", "answer": "Red", "split": "augmented"},
+        {"index": 2, "image": "0", "question": "Share?", "answer": "45%", "split": "augmented"},
+    ]
+    task = get_task("chartqa")
+    samples = load("chartqa", write_tsv(tmp_path / "ChartQA_TEST.tsv", rows), tmp_path)
+    assert [s.category for s in samples.values()] == ["human", "augmented", "augmented"]
+    assert_round_trip(task, samples["0"], right=["40", "41.9", "38"], wrong=["42.1", "40 units", "forty"])
+    assert_round_trip(task, samples["1"], right=["red", " RED "], wrong=["red."])
+    assert_round_trip(task, samples["2"], right=["0.45", "46%"], wrong=["45"])
+
+
+def test_open_answer_files_without_golds_are_refused(tmp_path):
+    rows = [{"index": 0, "image": b64(png_bytes()), "question": "q", "answer": "[]", "category": "x"}]
+    with pytest.raises(DataError, match="no gold answer"):
+        list(get_task("ocrbench").load(write_tsv(tmp_path / "o.tsv", rows), tmp_path / "c"))
 
 
 # -- MathVista ---------------------------------------------------------------------------------------------

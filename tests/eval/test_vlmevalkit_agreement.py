@@ -34,7 +34,7 @@ def scored_records(task_name: str, fixture: str, tmp_path: Path) -> tuple[list[d
     image = b64(png_bytes())
     tsv = []
     for i, row in enumerate(rows):
-        cells = {k: v for k, v in row.items() if k not in ("prediction", "vlmevalkit_extracted")}
+        cells = {k: v for k, v in row.items() if k != "prediction" and not k.startswith("vlmevalkit")}
         tsv.append({**cells, "image": image if i == 0 else rows[0]["index"]})
     task = get_task(task_name)
     samples = {s.id: s for s in task.load(write_tsv(tmp_path / f"{task_name}.tsv", tsv), tmp_path / "c")}
@@ -149,3 +149,42 @@ def test_mcq_matching_matches_vlmevalkit_can_infer(tmp_path):
     ]
     disagreeing = [row["prediction"] for row, ok in zip(rows, agree, strict=True) if not ok]
     assert not disagreeing and len(agree) == 168
+
+
+# -- OCRBench and ChartQA ----------------------------------------------------------------------------------
+# VLMEvalKit's OCRBench_eval (vlmeval/dataset/utils/ocrbench.py) on ocrbench_predictions.tsv: right samples
+# per group ("Final Score" is out of 1000 on the full benchmark; this fixture has 18 samples).
+OCRBENCH_EXPECTED = {
+    "Text Recognition": 6,
+    "Scene Text-centric VQA": 1,
+    "Doc-oriented VQA": 1,
+    "Key Information Extraction": 1,
+    "Handwritten Mathematical Expression Recognition": 1,
+    "Final Score": 10,
+}
+
+
+def test_ocrbench_matches_vlmevalkit(tmp_path):
+    _, records = scored_records("ocrbench", "ocrbench_predictions.tsv", tmp_path)
+    metrics = get_task("ocrbench").aggregate(records)
+    ours = {("Final Score" if k == "final_score" else k): v for k, v in metrics.items() if k != "accuracy"}
+    assert ours == OCRBENCH_EXPECTED
+    assert metrics["accuracy"] == pytest.approx(10 / 18)
+
+
+# VLMEvalKit's process_line(method="relaxed_accuracy") and hit_calculate (vlmeval/dataset/utils/vqa_eval.py)
+# as ImageVQADataset.evaluate_heuristic runs them for ChartQA: each row's hit is the fixture's column
+# `vlmevalkit_hit`; Overall 62.5, human 58.333..., augmented 66.666... (percent).
+CHARTQA_EXPECTED = {"all": 62.5, "human": 58.333333333333336, "augmented": 66.66666666666666}
+
+
+def test_chartqa_relaxed_accuracy_matches_vlmevalkit(tmp_path):
+    from thyme.eval.report import ALL, ModeRun, accuracy_table
+
+    rows, records = scored_records("chartqa", "chartqa_predictions.tsv", tmp_path)
+    hits = [int(r["vlmevalkit_hit"]) for r in rows]
+    assert [int(r["score"]) for r in records] == hits
+    table = dict(accuracy_table([ModeRun("tools", None, records, [])]))
+    assert table[ALL]["tools"][0] == pytest.approx(CHARTQA_EXPECTED["all"] / 100)
+    for split in ("human", "augmented"):
+        assert table[split]["tools"][0] == pytest.approx(CHARTQA_EXPECTED[split] / 100)

@@ -177,8 +177,13 @@ def _headline_md(modes: list[ModeRun], task_name: str | None) -> list[str]:
         "| metric | " + " | ".join(names) + " |",
         "|" + "---|" * (1 + len(names)),
     ]
-    lines += [f"| {k} | " + " | ".join(_pct(values[n].get(k)) for n in names) + " |" for k in keys]
+    lines += [f"| {k} | " + " | ".join(_metric(values[n].get(k)) for n in names) + " |" for k in keys]
     return [*lines, ""]
+
+
+def _metric(value: float | None) -> str:
+    """A benchmark metric: a count (OCRBench's score out of 1000) as it is, a fraction as a percentage."""
+    return str(value) if isinstance(value, int) else _pct(value)
 
 
 def _accuracy_md(modes: list[ModeRun]) -> list[str]:

@@ -12,7 +12,8 @@ every result (the protocol card), so numbers from different harness versions are
         prediction = task.extract(trajectory.answer, sample)
         correct = task.score(prediction, sample)          # 1.0 / 0.0 (or partial credit)
 
-Tasks are registered by name (`register_task`); the built-in ones live in `thyme.eval.tasks`.
+Tasks are registered by name (`register_task`); the built-in ones live in `thyme.eval.tasks` and
+`thyme.eval.tasks_vqa`.
 """
 
 from __future__ import annotations
@@ -134,4 +135,5 @@ def task_names() -> list[str]:
 def _load_builtin() -> None:
     import importlib
 
-    importlib.import_module("thyme.eval.tasks")  # registers the built-in tasks on first import
+    for module in ("thyme.eval.tasks", "thyme.eval.tasks_vqa"):  # register the built-in tasks on first import
+        importlib.import_module(module)
