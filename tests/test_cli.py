@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 from PIL import Image
 
 
@@ -118,6 +122,7 @@ def test_models_tiny_builds_offline(tmp_path):
     assert (out / "config.json").exists() and (out / "model.safetensors").exists()
     again = thyme("models", "tiny", "--out", str(out))
     assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "pass --overwrite" in again.stderr and "overwrite=True" not in again.stderr  # the flag, not Python
 
 
 def test_synth_writes_samples(tmp_path):
@@ -128,7 +133,9 @@ def test_synth_writes_samples(tmp_path):
     assert len(rows) == 5 and rows[0]["seed"] == 3 and (out / rows[0]["image"]).is_file()
     assert "samples/s" in result.stderr + result.stdout
     again = thyme("synth", "--task", "compute", "--n", "5", "--seed", "3", "--out", str(out))
-    assert again.returncode == 2 and "overwrite" in again.stderr
+    assert (
+        again.returncode == 2 and "pass --overwrite" in again.stderr and "overwrite=True" not in again.stderr
+    )
 
 
 def test_eval_unknown_task_is_one_line(tmp_path):
@@ -136,3 +143,117 @@ def test_eval_unknown_task_is_one_line(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "toyworld_zoom" in errors[0], result.stderr
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error")]
+
+
+@pytest.fixture(scope="module")
+def toy_set(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("toy") / "compute"
+    result = thyme("synth", "--task", "compute", "--level", "add-text", "--n", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    result = thyme("models", "tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "cuda"])
+def test_a_device_torch_cannot_use_is_one_line_before_any_model_loads(device, tmp_path, small_png, toy_set):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this torch can use CUDA")
+    missing = tmp_path / "no-model"  # never loaded: the device is checked first
+    commands = {
+        "run": ["run", "q", "-m", str(missing), "-i", str(small_png)],
+        "eval": ["eval", "-t", "toyworld_compute", "-m", str(missing), "--data", str(toy_set), "--out",
+                 str(tmp_path / "o")],
+        "serve": ["serve", "-m", str(missing), "--port", "0"],
+    }  # fmt: skip
+    for name, args in commands.items():
+        result = thyme(*args, "--device", device)
+        assert result.returncode == 2, (name, result.stderr)
+        [line] = error_lines(result)
+        assert line.startswith(f"error: --device {device!r}") and "auto" in line and "cpu" in line, line
+
+
+def test_a_failed_eval_leaves_no_empty_folders(tmp_path, toy_set):
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    existing.mkdir()
+    for out in (fresh, existing):
+        args = ["eval", "-t", "toyworld_compute", "-m", "m", "--data", str(toy_set), "--out", str(out)]
+        result = thyme(*args, "--device", "bogus")
+        assert result.returncode == 2 and len(error_lines(result)) == 1, result.stderr
+    assert not fresh.exists()  # created by the run, and nothing was written
+    assert existing.is_dir() and not (existing / "cache").exists()
+
+
+def test_out_that_is_a_file_says_so_in_one_line(tmp_path, toy_set):
+    (tmp_path / "code.py").write_text("print(1)\n")
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        commands = [
+            ["eval", "-t", "toyworld_compute", "-m", "m", "--data", str(toy_set), "--out", str(out)],
+            ["synth", "--task", "compute", "--n", "2", "--out", str(out)],
+            ["sandbox", "exec", str(tmp_path / "code.py"), "--out", str(out)],
+            ["models", "tiny", "--out", str(out)],
+        ]
+        for args in commands:
+            result = thyme(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            [line] = error_lines(result)
+            where = "which is a file" if out.name == "sub" else "is a file"
+            assert f"--out {out}" in line and where in line and "give a directory" in line, line
+
+
+def test_sandbox_exec_refuses_files_that_are_not_python_text(tmp_path, small_png):
+    latin1 = tmp_path / "latin1.py"
+    latin1.write_bytes(b"print('caf\xe9')\n")
+    for path in (latin1, small_png):
+        result = thyme("sandbox", "exec", str(path))
+        assert result.returncode == 2, result.stderr
+        [line] = error_lines(result)
+        assert line == f"error: {path} is not UTF-8 text; pass Python source files (images go with --image)"
+
+
+def test_a_bad_port_is_refused_before_any_model_loads(tmp_path):
+    result = thyme("serve", "-m", str(tmp_path / "no-model"), "--port", "99999")
+    assert result.returncode == 2
+    assert error_lines(result) == [
+        "error: --port 99999 is not a TCP port; use 1-65535, or 0 to pick a free one"
+    ]
+    result = thyme("sandbox", "serve", "--port", "-1")
+    assert result.returncode == 2 and error_lines(result)[0].startswith("error: --port -1 is not a TCP port")
+
+
+def test_sigterm_stops_eval_like_ctrl_c_and_removes_its_temporary_folders(tmp_path, tiny_model, toy_set):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thyme", "eval", "-t", "toyworld_compute", "-m", str(tiny_model), "--data",
+         str(toy_set), "--out", str(tmp_path / "out"), "--device", "cpu", "--max-new-tokens", "64",
+         "--concurrency", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp.glob("thyme-*"))) < 2:  # the agent's artifacts and the sandbox are up
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    assert list(tmp.glob("thyme-*")) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -140,6 +141,9 @@ def serve(
 ) -> None:
     """OpenAI-compatible /v1/chat/completions: the whole loop server-side (or, with --raw, generation)."""
     from thyme.agent import AgentConfig, BackendError
+    from thyme.agent.backends.base import check_device
+    from thyme.errors import first_line
+    from thyme.httpd import check_port
     from thyme.sandbox import SandboxConfig, SandboxError
     from thyme.sandbox.server import read_token_file
     from thyme.serve.agent import serve_agent
@@ -152,6 +156,8 @@ def serve(
         sys.stdout.flush()
 
     try:
+        check_port(port, "--port")  # both before the model loads
+        check_device(device, "--device")
         token = read_token_file(token_file) if token_file is not None else None
         if raw:
             serve_generation(
@@ -170,7 +176,7 @@ def serve(
                 device=device,
             )
     except (ValueError, BackendError, SandboxError) as exc:
-        err_console.print(f"error: {str(exc).splitlines()[0]}", markup=False)
+        err_console.print(f"error: {first_line(exc)}", markup=False)
         raise typer.Exit(2) from None
     except OSError as exc:
         err_console.print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc})", markup=False)
@@ -345,12 +351,28 @@ def sandbox_exec(
     """Run Python files in one sandbox session (variables persist from file to file)."""
     import shutil
 
+    from thyme.errors import first_line
+    from thyme.files import check_out_dir
     from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
+
+    def fail(message: str) -> NoReturn:
+        err_console.print(f"error: {message}", markup=False)
+        raise typer.Exit(2)
 
     for path in [*files, *image]:
         if not path.is_file():
-            err_console.print(f"error: {path} is not a file; pass existing paths", markup=False)
-            raise typer.Exit(2)
+            fail(f"{path} is not a file; pass existing paths")
+    sources = []
+    for path in files:
+        try:
+            sources.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            fail(f"{path} is not UTF-8 text; pass Python source files (images go with --image)")
+    try:
+        if out is not None:
+            check_out_dir(out)
+    except ValueError as exc:
+        fail(str(exc))
     failed = False
     try:
         config = SandboxConfig(
@@ -358,11 +380,10 @@ def sandbox_exec(
         )
         sandbox = Sandbox(config)
     except (ValueError, SandboxError) as exc:
-        err_console.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        fail(first_line(exc))
     with sandbox, sandbox.session(inputs=image) as s:
-        for path in files:
-            result = s.run(path.read_text())
+        for path, source in zip(files, sources, strict=True):
+            result = s.run(source)
             failed |= not result.ok
             images = [str(p) for p in result.images]
             if out is not None:
@@ -416,10 +437,13 @@ def sandbox_serve(
     import contextlib
     import ipaddress
 
+    from thyme.errors import first_line
+    from thyme.httpd import check_port
     from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
     from thyme.sandbox.server import SandboxServer, ServerConfig, read_token_file, serve_until_signal
 
     try:
+        check_port(port, "--port")
         token = read_token_file(token_file) if token_file is not None else None
         server_config = ServerConfig(
             host=host,
@@ -433,7 +457,7 @@ def sandbox_serve(
             SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
         )
     except (ValueError, SandboxError) as exc:
-        err_console.print(f"error: {exc}", soft_wrap=True, highlight=False)
+        err_console.print(f"error: {first_line(exc)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     with sandbox:
         try:
@@ -477,11 +501,15 @@ def models_tiny(
             markup=False,
         )
         raise typer.Exit(2) from None
+    from thyme.errors import first_line
+    from thyme.files import check_out_dir
+
     try:
+        check_out_dir(out)
         with console.status(f"building the {size} model in {out}"):
             path = build_tiny(out, seed=seed, size=size, overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
-        err_console.print(f"error: {exc}", markup=False)
+        err_console.print(f"error: {first_line(exc)}", markup=False)
         raise typer.Exit(2) from None
     mib = sum(p.stat().st_size for p in path.iterdir()) / 2**20
     console.print(f"wrote {path} ({mib:.1f} MiB)")

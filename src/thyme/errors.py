@@ -1,9 +1,51 @@
-"""What a command shows a user when something fails: the first line of the error, never a traceback."""
+"""What a command shows a user when something fails: the first line of the error, never a traceback.
+
+The Python API and the command line give the same advice in their own words. An error whose fix is a
+boolean keyword argument says so with `suggest` ("pass overwrite=True") and records the argument with
+`needs_argument`; `first_line` then names the command's flag instead ("pass --overwrite"):
+
+    raise needs_argument(FileExistsError(f"{out} is not empty; {suggest('overwrite')}"), "overwrite")
+"""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def suggest(argument: str) -> str:
+    """The advice to set a boolean keyword argument, as the Python API words it."""
+    return f"pass {argument}=True"
+
+
+def flag(argument: str) -> str:
+    """The command-line flag of a keyword argument: allow_weak_isolation -> --allow-weak-isolation."""
+    return "--" + argument.replace("_", "-")
+
+
+def needs_argument(exc: E, argument: str) -> E:
+    """Record on `exc` the keyword argument its message suggests (worded by `suggest`); returns `exc`."""
+    exc.argument = argument  # type: ignore[attr-defined]
+    return exc
+
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when the message is empty)."""
+    """The first line of an exception's message (its type's name when the message is empty), with the
+    keyword argument it suggests (see `needs_argument`) named as the command-line flag."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    argument = getattr(exc, "argument", None)
+    if isinstance(argument, str):
+        line = line.replace(suggest(argument), f"pass {flag(argument)}")
+    return line
+
+
+def image_error(exc: BaseException) -> str:
+    """Why PIL could not read an image, in words a user can act on: never PIL's name for an in-memory file
+    (`<_io.BytesIO object at 0x...>`), which tells them nothing; the caller names the image."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL can read"
+    return first_line(exc)

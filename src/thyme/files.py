@@ -46,3 +46,16 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
         Path(tmp).unlink(missing_ok=True)
         raise
     return dst
+
+
+def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """`path` as a Path when it is a directory or can become one; a one-line ValueError naming the file in
+    the way (`path` itself or one of its parents) otherwise. Commands call it before any slow work."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if parent.is_dir():
+                return path
+            where = "is a file" if parent == path else f"is inside {parent}, which is a file"
+            raise ValueError(f"{option} {path} {where}; give a directory")
+    return path

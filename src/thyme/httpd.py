@@ -67,6 +67,13 @@ class TrackingHTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+def check_port(port: int, name: str = "port") -> None:
+    """A one-line ValueError unless `port` is a TCP port (1-65535) or 0 (the system picks a free one);
+    servers call it before loading a model, so a typo fails at once."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} {port} is not a TCP port; use 1-65535, or 0 to pick a free one")
+
+
 class Serving(Protocol):
     """A server `serve_until_signal` can drive: `start()` in the background, `url`, `close()`."""
 

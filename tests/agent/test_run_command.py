@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+from PIL import Image
+
 
 def thyme(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -80,3 +82,34 @@ def test_run_context_overflow_is_one_line(scripted_model_dir, noise_png, tmp_pat
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "does not fit the model's context" in lines[0], result.stderr
     assert not html.exists()
+
+
+def test_run_refuses_an_unusable_image_in_one_line_before_loading(noise_png, tmp_path):
+    """Each case is refused before the model loads (the model path does not exist), exactly once, exit 2."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 megapixels in ~50 KB
+    photo = tmp_path / "photo.jpg"
+    Image.open(noise_png).convert("RGB").save(photo, quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (8000, 1)).save(wide)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cases = [
+        (["-i", str(bomb)], "too many pixels to decode safely"),
+        (["-i", str(truncated)], "image file is truncated"),
+        (["-i", str(wide)], "is 8000x1: its long side is over 200 times its short side"),
+        (
+            ["-i", str(text)],
+            f"image {str(text)!r} is not a readable image (not an image format PIL can read)",
+        ),
+        ([], "thyme run needs --image PATH"),
+    ]
+    for args, message in cases:
+        result = thyme("run", "q", "-m", str(tmp_path / "no-model"), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        printed = result.stdout + result.stderr
+        assert "Traceback" not in printed and printed.count(message) == 1, printed
+        lines = [line for line in printed.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], printed

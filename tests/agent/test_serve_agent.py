@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from thyme.agent import Agent, AgentConfig, SamplingParams
 from thyme.serve.agent import AgentServer
@@ -93,6 +94,26 @@ def test_thyme_serve_cli(scripted_model_dir, noise_png, tmp_path):
         url = line.split()[-1]
         status, body = post(url, ask(noise_png, "What is six times seven?", max_tokens=160), token="s3cret")
         assert status == 200 and body["thyme"]["answer"] == "42"
+        # Requests the loop cannot take are 400s that say why, never 500s.
+        wide = tmp_path / "wide.png"
+        Image.new("RGB", (8000, 1)).save(wide)
+        garbage = tmp_path / "garbage.png"
+        garbage.write_bytes(b"no image here")
+        text_only = {
+            "model": "scripted",
+            "messages": [{"role": "user", "content": "What is six times seven?"}],
+        }
+        for payload, reason in [
+            (text_only, "send exactly one image with the question (got 0)"),
+            (ask(wide, "q"), "uploaded image 1 is 8000x1: its long side is over 200 times its short side"),
+            (
+                ask(garbage, "q"),
+                "uploaded image 1 is not a readable image (not an image format PIL can read)",
+            ),
+        ]:
+            status, body = post(url, payload, token="s3cret")
+            assert status == 400, body
+            assert body["error"]["type"] == "invalid_request_error" and reason in body["error"]["message"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -38,6 +38,7 @@ from thyme.agent.config import AgentConfig
 from thyme.agent.episode import Episode, Prompt
 from thyme.agent.events import Event
 from thyme.agent.trajectory import Trajectory
+from thyme.errors import image_error
 from thyme.protocol import direct_preset, get_preset
 
 EventCallback = Callable[[int, Event], None]
@@ -345,23 +346,44 @@ class Agent:
         )
 
 
+# Qwen2-VL's processor refuses images whose long side exceeds this many times the short side.
+MAX_ASPECT_RATIO = 200
+
+
 def check_image(image: str | os.PathLike[str] | None) -> tuple[Path | None, tuple[int, int] | None]:
-    """The image's resolved path and size; a one-line `InputError` when it is missing or not an image."""
+    """The image's resolved path and size; a one-line `InputError` when it is missing, not an image,
+    truncated, too large to decode safely, or shaped so that the model cannot take it."""
     if image is None:
         return None, None
     path = Path(image).expanduser()
+    name = repr(str(image))
     if not path.is_file():
-        raise InputError(f"image {str(image)!r} does not exist or is not a file; check the path")
+        raise InputError(f"image {name} does not exist or is not a file; check the path")
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
+            img.load()  # decodes every pixel: a truncated file fails here, not later in the model backend
             size = img.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"image {name} has too many pixels to decode safely ({str(exc).rstrip('.')}); downscale it"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(
-            f"image {str(image)!r} is not a readable image ({exc}); pass a PNG or JPEG file"
+            f"image {name} is not a readable image ({image_error(exc)}); pass a PNG or JPEG file"
         ) from None
+    check_image_shape(*size, name=f"image {name}")
     return path.resolve(), size
+
+
+def check_image_shape(width: int, height: int, *, name: str) -> None:
+    """A one-line `InputError` when an image of `width` x `height` is too elongated for the model."""
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InputError(
+            f"{name} is {width}x{height}: its long side is over {MAX_ASPECT_RATIO} times its short side, "
+            "which the model cannot take; crop or pad it"
+        )
 
 
 def resolve_model(model: str) -> str:

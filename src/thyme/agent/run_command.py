@@ -1,9 +1,10 @@
 """`thyme run`: one question about one image, rendered live; the trajectory as JSON, HTML or a saved folder.
 
 Kept out of `cli.py` so the CLI stays a list of flags. Contract with the user: every failure they can cause
-(missing or corrupt image, unknown model, unreachable endpoint, refused key, bad flag values) is one line on
-stderr and a non-zero exit status, and no output file is written unless the run succeeded (files are written
-atomically, after the run).
+(no --image; a missing, corrupt, truncated, oversized or too elongated image; a device torch cannot use;
+unknown model, unreachable endpoint, refused key, bad flag values) is one line on stderr and a non-zero exit
+status, checked before the model loads where it can be, and no output file is written unless the run
+succeeded (files are written atomically, after the run).
 
 Exit status: 0 answered (or ended without an answer, which is a result), 1 the run failed (backend or
 sandbox error), 2 bad input or options.
@@ -16,6 +17,8 @@ import json
 import pathlib
 
 from rich.console import Console
+
+from thyme.errors import first_line
 
 
 def run_command(
@@ -52,6 +55,8 @@ def run_command(
         err_console.print(f"error: {message}", markup=False)
         return status
 
+    if image is None:  # the prompts describe the image: a text-only question has no prompt to go in
+        return fail("thyme run needs --image PATH: it answers a question about an image", 2)
     try:
         check_image(image)  # fail on a bad image before loading a model
         config = AgentConfig(
@@ -82,7 +87,7 @@ def run_command(
                 model, backend=backend, config=config, sandbox_config=sandbox_config, **options
             )
     except (BackendError, ValueError) as exc:
-        return fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+        return fail(first_line(exc), 2)
     printer = None if as_json else EventPrinter(console)
     with agent:
         if backend == "openai":
@@ -95,7 +100,7 @@ def run_command(
         except InputError as exc:
             return fail(str(exc), 2)
         except Exception as exc:  # the sandbox could not start: say which layer, as its error does
-            return fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+            return fail(first_line(exc), 1)
         if traj.final is not None and traj.final.reason == "error":
             return fail(traj.error or "the run failed", 1)
         overflow = next((e for e in traj.events if getattr(e, "finish_reason", None) == "context"), None)

@@ -122,9 +122,11 @@ def image_extension(data: bytes) -> str:
 
     from PIL import Image
 
+    from thyme.errors import image_error
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
     except (OSError, ValueError) as exc:
-        raise ValueError(f"not an image: {exc}") from None
+        raise ValueError(f"not an image: {image_error(exc)}") from None
     return _IMAGE_EXTS.get(fmt, f".{fmt.lower() or 'bin'}")

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from thyme.data.toyworld import GoldVerificationError, generate
 from thyme.data.toyworld.generate import check_request
+from thyme.errors import first_line
 from thyme.progress import item_progress
 
 
@@ -37,7 +38,7 @@ def synth_command(
     try:
         check_request(task, n, seed, out, split=split, level=level, overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {first_line(exc)}")
         return 2
     started = time.perf_counter()
     try:
@@ -47,7 +48,7 @@ def synth_command(
                 on_sample=lambda: progress.advance(bar),
             )  # fmt: skip
     except (ValueError, TypeError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {first_line(exc)}")
         return 2
     except GoldVerificationError as exc:
         console.print(f"[red]gold verification failed, nothing written:[/red] {exc}")

@@ -2,17 +2,21 @@
 
 Kept out of `cli.py` so the CLI stays a list of flags. Contract with the user: a mistake they can make
 (unknown task, missing data file, unknown model, unreachable endpoint, results of another protocol in --out)
-is one line on stderr and a non-zero exit before any work is done; Ctrl-C keeps every result written so far
-and says how to resume (run the same command again).
+is one line on stderr and a non-zero exit before any work is done; Ctrl-C (or SIGTERM) keeps every result
+written so far, removes the run's temporary folders, and says how to resume (run the same command again).
 
 Exit status: 0 done; 1 the run failed or stopped (samples that failed in the backend or the sandbox, an
-interrupted run); 2 bad input or options; 130 interrupted by Ctrl-C.
+interrupted run); 2 bad input or options; 130 interrupted by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from thyme.errors import first_line
+from thyme.files import check_out_dir
 
 
 def eval_command(
@@ -62,61 +67,70 @@ def eval_command(
         return status
 
     try:
-        spec = get_task(task)
-        if mcq_matching is not None:
-            spec = configure_task(spec, mcq_matching=mcq_matching)
+        check_out_dir(out)
     except ValueError as exc:
         return fail(str(exc))
-    if data is not None and not data.exists():
-        hint = f" ({spec.data_hint})" if spec.data_hint else ""
-        return fail(f"data file {data} does not exist; pass --data with the {spec.name} file{hint}")
-    if limit is not None and limit < 1:
-        return fail(f"--limit must be >= 1, got {limit}")
-    if concurrency < 1:
-        return fail(f"--concurrency must be >= 1, got {concurrency}")
-    try:
-        _first_sample(spec, data, out / "cache")
-        config = AgentConfig(
-            preset=preset,
-            max_steps=max_steps,
-            sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
-        )
-    except (ValueError, OSError) as exc:
-        return fail(first_line(exc))
-    if bool(judge_url) != bool(judge_model):
-        return fail("a judge needs both --judge-url and --judge-model")
-    if judge_url and not spec.judge:
-        err_console.print(f"note: task {spec.name} is scored by rules only; the judge options are ignored")
-    try:
-        options = backend_options(
-            backend, base_url=base_url, api_key=api_key, device=device, max_pixels=max_pixels
-        )
-    except ValueError as exc:
-        return fail(first_line(exc))
-    try:
-        with console.status(f"loading {model} ({backend})"):
-            agent = Agent.from_pretrained(
-                model,
-                backend=backend,
-                config=config,
-                sandbox_config=SandboxConfig(allow_weak_isolation=allow_weak_isolation),
-                **options,
+    # SIGTERM (a scheduler, `timeout`, `kill`) stops the run like Ctrl-C, so the sandbox and the agent close
+    # and their temporary folders go; an `out` this run created, or its cache, is removed when left empty.
+    with _sigterm_interrupts(), _removed_if_empty(out):
+        try:
+            spec = get_task(task)
+            if mcq_matching is not None:
+                spec = configure_task(spec, mcq_matching=mcq_matching)
+        except ValueError as exc:
+            return fail(str(exc))
+        if data is not None and not data.exists():
+            hint = f" ({spec.data_hint})" if spec.data_hint else ""
+            return fail(f"data file {data} does not exist; pass --data with the {spec.name} file{hint}")
+        if limit is not None and limit < 1:
+            return fail(f"--limit must be >= 1, got {limit}")
+        if concurrency < 1:
+            return fail(f"--concurrency must be >= 1, got {concurrency}")
+        try:
+            _first_sample(spec, data, out / "cache")
+            config = AgentConfig(
+                preset=preset,
+                max_steps=max_steps,
+                sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
             )
-    except (BackendError, ValueError, OSError) as exc:
-        return fail(first_line(exc))
-    judge = None
-    if judge_url and spec.judge:
-        from thyme.eval.judge import Judge
+        except (ValueError, OSError) as exc:
+            return fail(first_line(exc))
+        if bool(judge_url) != bool(judge_model):
+            return fail("a judge needs both --judge-url and --judge-model")
+        if judge_url and not spec.judge:
+            err_console.print(
+                f"note: task {spec.name} is scored by rules only; the judge options are ignored"
+            )
+        try:
+            options = backend_options(
+                backend, base_url=base_url, api_key=api_key, device=device, max_pixels=max_pixels
+            )
+        except ValueError as exc:
+            return fail(first_line(exc))
+        try:
+            with console.status(f"loading {model} ({backend})"):
+                agent = Agent.from_pretrained(
+                    model,
+                    backend=backend,
+                    config=config,
+                    sandbox_config=SandboxConfig(allow_weak_isolation=allow_weak_isolation),
+                    **options,
+                )
+        except (BackendError, ValueError, OSError) as exc:
+            return fail(first_line(exc))
+        judge = None
+        if judge_url and spec.judge:
+            from thyme.eval.judge import Judge
 
-        # Verdicts are cached in out/judge.jsonl, so a resumed run does not ask again.
-        judge = Judge(judge_url, judge_model, judge_api_key, cache_path=out / "judge.jsonl")
-    job = _Job(spec, agent, data, out, limit, concurrency, judge, force, console, err_console)
-    try:
-        with agent:
-            return job.check_endpoint(model, base_url) or job.run([True, False] if both else [tools])
-    finally:
-        if judge is not None:
-            judge.close()
+            # Verdicts are cached in out/judge.jsonl, so a resumed run does not ask again.
+            judge = Judge(judge_url, judge_model, judge_api_key, cache_path=out / "judge.jsonl")
+        job = _Job(spec, agent, data, out, limit, concurrency, judge, force, console, err_console)
+        try:
+            with agent:
+                return job.check_endpoint(model, base_url) or job.run([True, False] if both else [tools])
+        finally:
+            if judge is not None:
+                judge.close()
 
 
 @dataclass(frozen=True)
@@ -265,6 +279,37 @@ def _first_sample(spec, data, cache_dir: pathlib.Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     if next(iter(spec.load(data, cache_dir)), None) is None:
         raise ValueError(f"task {spec.name} found no samples in {data if data is not None else 'its data'}")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (a no-op elsewhere:
+    only the main thread may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _removed_if_empty(out: pathlib.Path) -> Iterator[None]:
+    """Remove `out/cache` on the way out when nothing was cached, and `out` when this run created it and
+    nothing was written (a run that failed before its first result)."""
+    created = not out.exists()
+    try:
+        yield
+    finally:
+        for path in [out / "cache", out] if created else [out / "cache"]:
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                path.rmdir()
 
 
 def _try_report(out: pathlib.Path) -> None:

@@ -28,6 +28,7 @@ import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from thyme.errors import needs_argument, suggest
 from thyme.models.generation import vision_token_ids
 from thyme.models.processor import Qwen2_5_VLImageOnlyProcessor, image_processor
 from thyme.models.tokenizer import (
@@ -143,9 +144,8 @@ def build_tiny(
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} is not empty; pick an empty directory or pass overwrite=True (--overwrite)"
-        )
+        message = f"{out} is not empty; pick an empty directory or {suggest('overwrite')}"
+        raise needs_argument(FileExistsError(message), "overwrite")
     spec = SIZES[size]
     tokenizer = build_tokenizer()
     token_ids = special_token_ids(tokenizer)

@@ -22,6 +22,7 @@ import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from thyme.errors import needs_argument, suggest
 from thyme.sandbox import landlock
 from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
@@ -110,10 +111,9 @@ class Sandbox:
             shutil.rmtree(self.root, ignore_errors=True)
             self._closed = True
             names = ", ".join(layer.name for layer in missing)
-            raise SandboxError(
-                f"sandbox layer(s) missing on this machine: {names} ({missing[0].detail}); "
-                "pass allow_weak_isolation=True (CLI: --allow-weak-isolation) to run with weaker confinement"
-            )
+            problem = f"sandbox layer(s) missing on this machine: {names} ({missing[0].detail})"
+            advice = f"{suggest('allow_weak_isolation')} to run with weaker confinement"
+            raise needs_argument(SandboxError(f"{problem}; {advice}"), "allow_weak_isolation")
         active = set(self.isolation)
         self.landlock, self.seccomp = "landlock" in active, "seccomp" in active
         self.fs_view, self.disk_quota = "fs_view" in active, "disk_quota" in active

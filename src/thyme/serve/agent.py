@@ -1,10 +1,11 @@
 """`thyme serve`: an OpenAI-compatible `/v1/chat/completions` that runs the whole Thyme loop server-side.
 
-A client sends one question about one image, exactly as to any vision chat model; the server runs the
-agent (the model writes code, the server's sandbox runs it, the output goes back, until an answer) and
-replies with the whole assistant turn as `message.content` (`<image>` where an image was fed back), plus
-a `thyme` object: the extracted answer, why the trajectory ended, its steps and tool calls, and the
-trajectory itself (`thyme.trajectory/1`, image paths left out).
+A client sends one question about one image, exactly as to any vision chat model (a message without an
+image is a 400: the loop's prompts describe the image; `thyme serve --raw` chats without one); the server
+runs the agent (the model writes code, the server's sandbox runs it, the output goes back, until an
+answer) and replies with the whole assistant turn as `message.content` (`<image>` where an image was fed
+back), plus a `thyme` object: the extracted answer, why the trajectory ended, its steps and tool calls,
+and the trajectory itself (`thyme.trajectory/1`, image paths left out).
 
     curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{
       "model": "M", "messages": [{"role": "user", "content": [
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from thyme.agent import Agent, AgentConfig
+from thyme.agent import Agent, AgentConfig, InputError
 from thyme.serve.generation import GenerationServer
 from thyme.serve.openai_api import ApiError, ChatRequest, Completion
 
@@ -82,11 +83,14 @@ class AgentServer(GenerationServer):
         head = head or self.head()
         question, image = _question_and_image(request)
         with tempfile.TemporaryDirectory(prefix="thyme-serve-") as tmp:
-            path = None
-            if image is not None:
-                path = Path(tmp) / "image.png"
-                image.save(path)
-            traj = self.agent.run(image=path, question=question, tools=request.tools, config=request.config)
+            path = Path(tmp) / "image.png"
+            image.save(path)
+            try:
+                traj = self.agent.run(
+                    image=path, question=question, tools=request.tools, config=request.config
+                )
+            except InputError as exc:  # the question or image the loop cannot take (parsing caught most)
+                raise ApiError(400, str(exc), param="messages") from None
             record = traj.to_dict()
         final = traj.final
         if final is not None and final.reason == "error":
@@ -129,9 +133,14 @@ def _question_and_image(request: ChatRequest):
     question = "\n".join(p["text"] for p in parts if p.get("type") == "text").strip()
     if not question:
         raise ApiError(400, "the user message has no question text", param="messages")
-    if len(request.images) > 1:
-        raise ApiError(400, "send at most one image: the loop answers about one image", param="messages")
-    return question, (request.images[0] if request.images else None)
+    if len(request.images) != 1:
+        raise ApiError(
+            400,
+            f"send exactly one image with the question (got {len(request.images)}): the loop answers "
+            "questions about an image; use `thyme serve --raw` for text-only chat",
+            param="messages",
+        )
+    return question, request.images[0]
 
 
 def serve_agent(
@@ -147,8 +156,9 @@ def serve_agent(
     **backend_options: Any,
 ) -> None:
     """Load `model` (transformers backend) and serve the loop until SIGINT or SIGTERM."""
-    from thyme.httpd import serve_until_signal
+    from thyme.httpd import check_port, serve_until_signal
 
+    check_port(port)
     agent = Agent.from_pretrained(model, config=config, sandbox_config=sandbox_config, **backend_options)
     _ = agent.sandbox  # start the pool now: a missing confinement layer fails here, not on the first request
     server = AgentServer(agent, host, port, token, model_name=model_name or model)

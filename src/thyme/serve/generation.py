@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from thyme.httpd import BodyError, JSONHandler, TrackingHTTPServer, serve_until_signal
+from thyme.httpd import BodyError, JSONHandler, TrackingHTTPServer, check_port, serve_until_signal
 from thyme.protocol import cut_at_first_stop
 from thyme.serve.openai_api import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -322,6 +322,7 @@ def serve_generation(
     from thyme.agent.backends.transformers import TransformersBackend
     from thyme.agent.loop import resolve_model
 
+    check_port(port)
     backend = TransformersBackend.from_pretrained(resolve_model(model), device=device, dtype=dtype)
     server = GenerationServer(backend, host, port, token, model_name=model_name or model)
     serve_until_signal(server, on_ready, also_close=backend.close)

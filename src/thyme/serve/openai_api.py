@@ -19,6 +19,8 @@ from typing import Any
 from PIL import Image
 
 from thyme.agent.config import SamplingParams
+from thyme.agent.loop import InputError, check_image_shape
+from thyme.errors import image_error
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_IMAGE_BYTES = 20 << 20
@@ -214,7 +216,7 @@ def _parse_part(part: Any, where: str, images: list[Image.Image], max_bytes: int
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str):
             raise ApiError(400, f"{where}: image_url needs a url", param="messages")
-        images.append(decode_data_url(url, f"image {len(images) + 1}", max_bytes, max_pixels))
+        images.append(decode_data_url(url, f"uploaded image {len(images) + 1}", max_bytes, max_pixels))
         return {"type": "image"}
     raise ApiError(
         400, f"{where}: unsupported content part {kind!r}; use 'text' or 'image_url'", param="messages"
@@ -245,11 +247,16 @@ def decode_data_url(url: str, name: str, max_bytes: int, max_pixels: int) -> Ima
             width, height = img.size
             if width * height > max_pixels:
                 raise ApiError(400, f"{name} has {width}x{height} pixels, above the limit of {max_pixels}")
+            check_image_shape(width, height, name=name)
             return img.convert("RGB")
     except ApiError:
         raise
+    except InputError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ApiError(400, f"{name} is not a readable image ({exc}); send a PNG or JPEG") from None
+        raise ApiError(
+            400, f"{name} is not a readable image ({image_error(exc)}); send a PNG or JPEG"
+        ) from None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:

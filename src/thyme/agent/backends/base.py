@@ -157,10 +157,34 @@ def backend_options(
             raise ValueError("the openai backend needs --base-url (e.g. http://localhost:8000/v1)")
         return {"base_url": base_url, "api_key": api_key}
     if backend == "transformers":
+        check_device(device, "--device")
         return {"device": device, "max_pixels": max_pixels}
     if backend == "vllm":
         return {"max_pixels": max_pixels}
     return {}
+
+
+def check_device(device: str, name: str = "device") -> None:
+    """A one-line ValueError, before any model loads, unless `device` is auto, cpu, cuda or cuda:N and torch
+    can use it (a CPU-only torch build has no cuda; cuda:N must be a GPU torch sees). `name` is how the
+    caller calls the setting in the message ("--device" on the command line)."""
+    kind, colon, index = device.partition(":")
+    if device in ("auto", "cpu"):
+        return
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise ValueError(f"{name} {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    try:
+        import torch
+    except ImportError:
+        return  # loading the backend says that torch is missing
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "it finds no GPU"
+        raise ValueError(f"{name} {device!r}: torch cannot use CUDA ({why}); use auto or cpu")
+    if colon and int(index) >= count:
+        raise ValueError(
+            f"{name} {device!r}: torch sees {count} GPU(s); use auto, cpu or cuda:0..{count - 1}"
+        )
 
 
 def released_checkpoint(model_id: str) -> bool:

@@ -38,6 +38,7 @@ from thyme.agent.backends.base import (
     Generation,
     GenerationRequest,
     ModelNotFoundError,
+    check_device,
     model_preset,
 )
 from thyme.agent.config import SamplingParams
@@ -160,6 +161,7 @@ class TransformersBackend:
                 f"cannot load model {model!r}: no config.json there; give a checkpoint directory "
                 "(`thyme models tiny --out DIR` builds a test model)"
             )
+        check_device(device)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype = _dtype(dtype, device)

@@ -34,6 +34,8 @@ import thyme
 from thyme.data.toyworld.base import TaskDef, knobs_dict
 from thyme.data.toyworld.gold import GoldVerificationError, direct_response, run_gold
 from thyme.data.toyworld.tasks import get_task
+from thyme.errors import needs_argument, suggest
+from thyme.files import check_out_dir
 
 SPLIT_SPAN = 10**9
 SPLITS: dict[str, int] = {"train": 0, "test": SPLIT_SPAN}
@@ -181,15 +183,12 @@ def check_request(
         raise TypeError(f"knobs for {task!r} must be a {spec.knobs.__name__}, got {type(knobs).__name__}")
     if level is not None:
         spec.knobs_for(level)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; give a directory for the samples")
+    out = check_out_dir(out_dir)
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not overwrite:
-        raise FileExistsError(
-            f"{out} is not empty ({', '.join(entries[:3])}{'...' if len(entries) > 3 else ''}); "
-            "choose an empty directory or pass overwrite=True (--overwrite)"
-        )
+        shown = f"{', '.join(entries[:3])}{'...' if len(entries) > 3 else ''}"
+        message = f"{out} is not empty ({shown}); choose an empty directory or {suggest('overwrite')}"
+        raise needs_argument(FileExistsError(message), "overwrite")
     return spec
 
 
