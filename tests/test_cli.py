@@ -56,8 +56,11 @@ def test_sandbox_check_runs_the_selftest_in_the_filesystem_view_or_says_why_not(
 def test_sandbox_commands_refuse_an_unknown_filesystem_in_one_line():
     result = thyme("sandbox", "check", "--filesystem", "chroot")
     assert result.returncode == 2
-    expected = "error: SandboxConfig.filesystem='chroot': use one of auto, landlock, view"
-    assert result.stderr.strip() == expected
+    assert result.stderr.strip() == "error: --filesystem 'chroot' is not one of auto, landlock, view"
+    result = thyme("sandbox", "exec", __file__, "--timeout", "-1")  # the flag, not SandboxConfig.timeout_s
+    assert (
+        result.returncode == 2 and result.stderr.strip() == "error: --timeout must be > 0 seconds, got -1.0"
+    )
 
 
 def test_sandbox_exec_runs_files_in_one_session(tmp_path, small_png):

@@ -142,7 +142,7 @@ def serve(
     """OpenAI-compatible /v1/chat/completions: the whole loop server-side (or, with --raw, generation)."""
     from thyme.agent import AgentConfig, BackendError
     from thyme.agent.backends.base import check_device
-    from thyme.errors import first_line
+    from thyme.errors import cli_flags, first_line
     from thyme.httpd import check_port
     from thyme.sandbox import SandboxConfig, SandboxError
     from thyme.sandbox.server import read_token_file
@@ -176,7 +176,7 @@ def serve(
                 device=device,
             )
     except (ValueError, BackendError, SandboxError) as exc:
-        err_console.print(f"error: {first_line(exc)}", markup=False)
+        err_console.print(f"error: {first_line(exc, cli_flags('max_steps'))}", markup=False)
         raise typer.Exit(2) from None
     except OSError as exc:
         err_console.print(f"error: cannot listen on {host}:{port} ({exc.strerror or exc})", markup=False)
@@ -286,6 +286,8 @@ def synth(
     )
 
 
+# The SandboxConfig fields `thyme sandbox` commands set from flags: their errors name the flag.
+SANDBOX_FLAGS = {"filesystem": "--filesystem", "timeout_s": "--timeout"}
 # One definition of the sandbox's filesystem choice for every `thyme sandbox` command.
 FILESYSTEM_OPTION = typer.Option(
     "auto",
@@ -304,12 +306,13 @@ def sandbox_check(
     filesystem: str = FILESYSTEM_OPTION,
 ) -> None:
     """Print the confinement layers active on this machine and run a confinement self-test."""
+    from thyme.errors import first_line
     from thyme.sandbox.selftest import run_selftest
 
     try:
         report = run_selftest(allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
     except ValueError as exc:
-        err_console.print(f"error: {exc}", soft_wrap=True, highlight=False)
+        err_console.print(f"error: {first_line(exc, SANDBOX_FLAGS)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         console.print_json(json.dumps(report))
@@ -380,7 +383,7 @@ def sandbox_exec(
         )
         sandbox = Sandbox(config)
     except (ValueError, SandboxError) as exc:
-        fail(first_line(exc))
+        fail(first_line(exc, SANDBOX_FLAGS))
     with sandbox, sandbox.session(inputs=image) as s:
         for path, source in zip(files, sources, strict=True):
             result = s.run(source)
@@ -457,7 +460,7 @@ def sandbox_serve(
             SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
         )
     except (ValueError, SandboxError) as exc:
-        err_console.print(f"error: {first_line(exc)}", soft_wrap=True, highlight=False)
+        err_console.print(f"error: {first_line(exc, SANDBOX_FLAGS)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     with sandbox:
         try:

@@ -64,7 +64,15 @@ def test_run_bad_inputs_are_one_line_and_write_nothing(scripted_model_dir, noise
         (["-m", str(tmp_path / "no-model"), "-i", str(noise_png)], "cannot load model"),
         (["-m", "m", "-i", str(noise_png), "--backend", "openai"], "needs --base-url"),
         (["-m", "m", "-i", str(noise_png), "--backend", "openai", "--base-url", closed], "cannot list"),
-        (["-m", str(scripted_model_dir), "-i", str(noise_png), "--on-error", "explode"], "on_error"),
+        (
+            ["-m", str(scripted_model_dir), "-i", str(noise_png), "--on-error", "explode"],
+            "--on-error must be",
+        ),
+        (
+            ["-m", str(scripted_model_dir), "-i", str(noise_png), "--max-steps", "0"],
+            "--max-steps must be >= 1",
+        ),
+        (["-m", str(scripted_model_dir), "-i", str(noise_png), "--preset", "nope"], "--preset 'nope' is not"),
     ]
     for args, message in cases:
         result = thyme("run", "q", *args, "--html", str(html))

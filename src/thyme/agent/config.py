@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from thyme.errors import FieldError
+
 ErrorPolicy = Literal["feedback", "resample"]
 
 
@@ -39,9 +41,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise FieldError(
+                "temperature", "temperature", f"must be >= 0 (0 = greedy), got {self.temperature}"
+            )
         if self.code_temperature is not None and self.code_temperature < 0:
-            raise ValueError(f"code_temperature must be >= 0 or None, got {self.code_temperature}")
+            raise FieldError(
+                "code_temperature", "code_temperature", f"must be >= 0 or None, got {self.code_temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -49,7 +55,7 @@ class SamplingParams:
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise FieldError("max_new_tokens", "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
 
     @property
     def greedy(self) -> bool:
@@ -110,15 +116,18 @@ class AgentConfig:
         for name in ("preset", "direct_preset"):
             value = getattr(self, name)
             if value is not None and value not in PRESETS:
-                raise ValueError(f"{name}={value!r} is not a prompt preset; choose one of {sorted(PRESETS)}")
+                problem = f"{value!r} is not a prompt preset; choose one of {', '.join(sorted(PRESETS))}"
+                raise FieldError(name, name, problem)
         if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            raise FieldError("max_steps", "max_steps", f"must be >= 1, got {self.max_steps}")
         if self.max_images < 0:
             raise ValueError(f"max_images must be >= 0, got {self.max_images}")
         if self.max_context_tokens is not None and self.max_context_tokens < 16:
             raise ValueError(f"max_context_tokens must be >= 16 or None, got {self.max_context_tokens}")
         if self.on_error not in ("feedback", "resample"):
-            raise ValueError(f"on_error must be 'feedback' or 'resample', got {self.on_error!r}")
+            raise FieldError(
+                "on_error", "on_error", f"must be 'feedback' or 'resample', got {self.on_error!r}"
+            )
         if self.max_resamples < 0:
             raise ValueError(f"max_resamples must be >= 0, got {self.max_resamples}")
         if not isinstance(self.sampling, SamplingParams):

@@ -18,7 +18,10 @@ import pathlib
 
 from rich.console import Console
 
-from thyme.errors import first_line
+from thyme.errors import cli_flags, first_line
+
+# The config fields `thyme run` sets from flags: their errors name the flag.
+FLAGS = cli_flags("preset", "max_steps", "on_error", "temperature", "code_temperature", "max_new_tokens")
 
 
 def run_command(
@@ -74,7 +77,7 @@ def run_command(
 
         sandbox_config = SandboxConfig(allow_weak_isolation=allow_weak_isolation)
     except (InputError, ValueError) as exc:
-        return fail(str(exc), 2)
+        return fail(first_line(exc, FLAGS), 2)
     try:
         options = backend_options(
             backend, base_url=base_url, api_key=api_key, device=device, max_pixels=max_pixels

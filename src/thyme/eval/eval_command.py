@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thyme.errors import first_line
+from thyme.errors import cli_flags, first_line
 from thyme.files import check_out_dir
 
 
@@ -94,7 +94,7 @@ def eval_command(
                 sampling=SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens),
             )
         except (ValueError, OSError) as exc:
-            return fail(first_line(exc))
+            return fail(first_line(exc, cli_flags("preset", "max_steps", "temperature", "max_new_tokens")))
         if bool(judge_url) != bool(judge_model):
             return fail("a judge needs both --judge-url and --judge-model")
         if judge_url and not spec.judge:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 from dataclasses import dataclass
 
+from thyme.errors import FieldError
 from thyme.sandbox.repairs import REPAIR_NAMES
 
 FILESYSTEMS = ("auto", "landlock", "view")
@@ -74,7 +75,8 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
-            raise ValueError(f"SandboxConfig.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+            problem = f"must be > 0 seconds, got {self.timeout_s!r}"
+            raise FieldError("SandboxConfig.timeout_s", "timeout_s", problem)
         if self.memory_mb < 256:
             raise ValueError(
                 f"SandboxConfig.memory_mb={self.memory_mb} is too small for numpy/PIL/cv2; use >= 256 (MiB)"
@@ -109,9 +111,8 @@ class SandboxConfig:
                 "or None for PIL's default"
             )
         if self.filesystem not in FILESYSTEMS:
-            raise ValueError(
-                f"SandboxConfig.filesystem={self.filesystem!r}: use one of {', '.join(FILESYSTEMS)}"
-            )
+            problem = f"{self.filesystem!r} is not one of {', '.join(FILESYSTEMS)}"
+            raise FieldError("SandboxConfig.filesystem", "filesystem", problem)
         if self.max_aspect_ratio < 1:
             raise ValueError(f"SandboxConfig.max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         unknown = sorted(set(self.repairs) - set(REPAIR_NAMES))
