@@ -6,6 +6,9 @@ and the image it produced, the answer), the gold answer beside it, and the traje
 
     thyme demo                        # a zoom question (find the tiny label, crop, read its chip)
     thyme demo --task compute --seed 7
+
+Until a thyme-tiny is bundled (`make tiny` trains and installs it), the demo says so and runs
+`thyme.demo_sandbox` instead: released-model-shaped code in the real sandbox, no model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from rich.console import Console
 
 # (toy-world task, level) per demo task: thyme-tiny's training targets.
 DEMO_TASKS = {"zoom": ("zoom", "find"), "compute": ("compute", "mul-text")}
+
+
+def tiny_bundled() -> bool:
+    """Whether the package holds a trained thyme-tiny (`thyme/models/thyme-tiny/`)."""
+    from importlib import resources
+
+    return resources.files("thyme.models").joinpath("thyme-tiny", "config.json").is_file()
 
 
 def run_demo(
@@ -40,6 +50,14 @@ def run_demo(
     if out_dir.exists() and not out_dir.is_dir():
         console.print(f"error: --out {out_dir} is a file; give a directory", markup=False)
         return 2
+    if not tiny_bundled():
+        console.print(
+            "[yellow]thyme-tiny is not bundled in this version yet (`make tiny` trains and installs it); "
+            "showing the sandbox demo instead.[/]"
+        )
+        from thyme.demo_sandbox import run_sandbox_demo
+
+        return run_sandbox_demo(out_dir, console)
     name, level = DEMO_TASKS[task]
     seed = random.SystemRandom().randrange(SPLIT_SPAN) if seed is None else seed
     _, _, draft = draft_sample(get_task(name), SPLIT_SPAN + seed, level)  # the test split: never trained on

@@ -42,6 +42,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from thyme.errors import image_error
 from thyme.eval.task import EvalSample
 from thyme.files import atomic_write
 from thyme.protocol.choices import normalize_options
@@ -112,7 +113,7 @@ def check_decodes(source: Path | io.BytesIO, where: str) -> str:
             fmt = (img.format or "img").lower()
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageError(
-            f"{where}: the image is not a readable image file ({exc}); re-download the file"
+            f"{where}: the image is not a readable image file ({image_error(exc)}); re-download the file"
         ) from None
     if isinstance(source, io.BytesIO):
         source.seek(0)
@@ -120,7 +121,9 @@ def check_decodes(source: Path | io.BytesIO, where: str) -> str:
         with Image.open(source) as img:
             img.load()
     except Exception as exc:  # PIL raises many types for truncated or corrupt data
-        raise ImageError(f"{where}: the image is corrupt ({exc}); re-download the file") from None
+        raise ImageError(
+            f"{where}: the image is corrupt ({image_error(exc)}); re-download the file"
+        ) from None
     return fmt
 
 
