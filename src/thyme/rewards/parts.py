@@ -90,7 +90,9 @@ def rule_match(prediction: str, gold: str, choices: Mapping[str, str] | None = N
     if choices:
         letter = gold_letter(gold, choices)
         if letter is not None:
-            return extract_choice(prediction, choices) == letter
+            # The lenient reader with its contradiction check ("B. red" where red is A's text picks no
+            # option), not VLMEvalKit's rule, which takes the letter: a reward must not pay for a hedge.
+            return extract_choice(prediction, choices, matching="lenient") == letter
     if normalize_answer(gold) in ("yes", "no"):
         return extract_yes_no(prediction) == normalize_answer(gold)
     if exact_match(prediction, gold) or math_equal(prediction, gold):
