@@ -22,13 +22,6 @@ from rich.console import Console
 DEMO_TASKS = {"zoom": ("zoom", "find"), "compute": ("compute", "mul-text")}
 
 
-def tiny_bundled() -> bool:
-    """Whether the package holds a trained thyme-tiny (`thyme/models/thyme-tiny/`)."""
-    from importlib import resources
-
-    return resources.files("thyme.models").joinpath("thyme-tiny", "config.json").is_file()
-
-
 def run_demo(
     out_dir: pathlib.Path,
     console: Console,
@@ -40,6 +33,7 @@ def run_demo(
     """Draw one sample, run thyme-tiny on it live, write out_dir/{image.png, trajectory.html}; exit status."""
     from thyme.agent import Agent, BackendError
     from thyme.agent.console import EventPrinter
+    from thyme.agent.loop import bundled_tiny
     from thyme.data.toyworld import SPLIT_SPAN, draft_sample, get_task
 
     if task not in DEMO_TASKS:
@@ -50,7 +44,7 @@ def run_demo(
     if out_dir.exists() and not out_dir.is_dir():
         console.print(f"error: --out {out_dir} is a file; give a directory", markup=False)
         return 2
-    if not tiny_bundled():
+    if bundled_tiny() is None:
         console.print(
             "[yellow]thyme-tiny is not bundled in this version yet (`make tiny` trains and installs it); "
             "showing the sandbox demo instead.[/]"

@@ -386,16 +386,22 @@ def check_image_shape(width: int, height: int, *, name: str) -> None:
         )
 
 
+def bundled_tiny() -> str | None:
+    """The path of the thyme-tiny checkpoint bundled with the package, or None when there is none."""
+    from importlib import resources
+
+    bundled = resources.files("thyme.models").joinpath("thyme-tiny")
+    return str(bundled) if bundled.joinpath("config.json").is_file() else None
+
+
 def resolve_model(model: str) -> str:
     """Resolve model names the package knows ("thyme-tiny") to a checkpoint path; other names pass through."""
     if model == "thyme-tiny":
-        from importlib import resources
-
-        bundled = resources.files("thyme.models").joinpath("thyme-tiny")
-        if not bundled.joinpath("config.json").is_file():
+        bundled = bundled_tiny()
+        if bundled is None:
             raise BackendError(
                 "thyme-tiny is not bundled with this version yet; build a random test model with "
                 "`thyme models tiny --out DIR` and pass --model DIR"
             )
-        return str(bundled)
+        return bundled
     return model
