@@ -118,6 +118,8 @@ def test_demo_without_a_bundled_model_says_so_and_runs_the_sandbox_demo(tmp_path
 def test_demo_bad_options_are_one_line(tmp_path):
     result = thyme("demo", "--task", "bogus", "--out", str(tmp_path / "d"))
     assert result.returncode == 2 and "choose one of: zoom, compute" in result.stdout
+    result = thyme("demo", "--seed", "-1", "--out", str(tmp_path / "d"))
+    assert result.returncode == 2 and "the test split's seeds" in result.stdout
     (tmp_path / "file").write_text("x")
     result = thyme("demo", "--out", str(tmp_path / "file"))
     assert result.returncode == 2 and "is a file" in result.stdout and "Traceback" not in result.stderr

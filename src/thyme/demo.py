@@ -41,6 +41,10 @@ def run_demo(
             f"error: unknown demo task {task!r}; choose one of: {', '.join(DEMO_TASKS)}", markup=False
         )
         return 2
+    if seed is not None and not 0 <= seed < SPLIT_SPAN:
+        message = f"error: --seed {seed}: use 0 to {SPLIT_SPAN - 1} (the test split's seeds)"
+        console.print(message, markup=False)
+        return 2
     if out_dir.exists() and not out_dir.is_dir():
         console.print(f"error: --out {out_dir} is a file; give a directory", markup=False)
         return 2
