@@ -253,7 +253,7 @@ def _tsv_rows(path: Path, cache: ImageCache) -> Iterator[tuple[str, dict[str, An
                 raise DataError(f"{where}: {len(cells)} cells for {len(header)} columns; the file is corrupt")
             cell = row.get("image", "").strip()
             if not cell and has_path and row["image_path"].strip():
-                row["image"] = [_relative_image(path.parent, p, where) for p in _as_list(row["image_path"])]
+                row["image"] = [_relative_image(path.parent, p, where) for p in list_cell(row["image_path"])]
             elif not cell:
                 skipped += 1
                 continue
@@ -264,7 +264,7 @@ def _tsv_rows(path: Path, cache: ImageCache) -> Iterator[tuple[str, dict[str, An
                 row["image"] = by_index[cell]
             else:
                 try:
-                    row["image"] = [cache.put_base64(item, where) for item in _as_list(cell)]
+                    row["image"] = [cache.put_base64(item, where) for item in list_cell(cell)]
                 except ImageError as exc:
                     row["image"] = exc  # this row's error, and that of rows that reference its image
                 by_index[row["index"]] = row["image"]
@@ -281,7 +281,7 @@ def _tsv_rows(path: Path, cache: ImageCache) -> Iterator[tuple[str, dict[str, An
         )
 
 
-def _as_list(cell: str) -> list[str]:
+def list_cell(cell: str) -> list[str]:
     """A cell holding one value, or several as a Python list literal ("['a', 'b']")."""
     s = cell.strip()
     if s.startswith("[") and s.endswith("]"):
@@ -491,7 +491,7 @@ def _text(value: Any) -> str:
 def _options(value: Any) -> dict[str, str]:
     """Options from a list, list text ("['(A) x', '(B) y']") or "(A) x" lines, marks removed, lettered A.."""
     if isinstance(value, str):
-        items = _as_list(value)
+        items = list_cell(value)
         if len(items) == 1:
             items = [line for line in items[0].splitlines() if _OPTION_MARK_RE.match(line)]
     else:

@@ -20,13 +20,12 @@ are kept in meta["answers"]. The prompt is the short-answer wrapper, as for Math
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from thyme.eval.loaders import Columns, DataError, load_table
+from thyme.eval.loaders import Columns, DataError, list_cell, load_table
 from thyme.eval.task import EvalSample, TaskSpec, register_task
 from thyme.protocol import wrap_short_vqa
 
@@ -46,19 +45,6 @@ OCRBENCH_GROUPS = {  # VLMEvalKit's reported groups and the categories summed in
     _HMER: (_HMER,),
 }
 RELAXED_TOLERANCE = 0.05  # ChartQA: numbers within 5% of the gold
-
-
-def accepted_answers(gold: str) -> list[str]:
-    """The accepted answers of a gold cell: a Python list literal's items, else the text itself."""
-    s = gold.strip()
-    if s.startswith("[") and s.endswith("]"):
-        try:
-            items = ast.literal_eval(s)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return [gold]
-        if isinstance(items, list):
-            return [str(item) for item in items]
-    return [gold]
 
 
 # -- OCRBench ----------------------------------------------------------------------------------------------
@@ -110,7 +96,7 @@ def relaxed_correct(prediction: str | None, answers: Sequence[str]) -> bool:
 
 # -- the tasks ---------------------------------------------------------------------------------------------
 def _shape_answers(sample: EvalSample) -> EvalSample:
-    answers = accepted_answers(sample.answer)
+    answers = list_cell(sample.answer)  # the accepted answers: a list literal's items, else the text
     if not any(a.strip() for a in answers):
         raise DataError(f"sample {sample.id}: no gold answer; the file is not this benchmark's")
     return dataclasses.replace(sample, meta={**sample.meta, "answers": answers})
