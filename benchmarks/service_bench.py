@@ -1,13 +1,16 @@
 """Sandbox-service benchmark: the load test and HTTP vs in-process throughput, side by side in one run.
 
     python benchmarks/service_bench.py [--sessions 1000] [--clients 16] [--calls 300] [--json out.json]
+    python benchmarks/service_bench.py --hosts 2 --kill-one --rounds 0    # failover
 
 The server is the real `thyme sandbox serve`, started as a subprocess on loopback with a token file; the
 clients are threads of this process, each with its own `SandboxClient` (keep-alive connections).
 Figures:
 - load test: `--sessions` episodes of 3 calls from `--clients` concurrent clients; each episode computes
   values unique to it (and a crop whose size encodes it), so a lost or mixed-up result is detected; reports
-  lost/mixed, errors, wall time, episodes/s and calls/s;
+  lost/mixed, errors, wall time, episodes/s and calls/s; with `--hosts N` the clients spread sessions over N
+  servers, and `--kill-one` SIGKILLs one of them once a third of the episodes are done (episodes it held are
+  run again in new sessions: `load_rerun`; `load_per_host` says where the episodes ran);
 - throughput of the stateful 256x256 crop-and-save call (the snippet of benchmarks/sandbox_bench.py) with
   the same number of concurrent sessions: in-process `Sandbox` vs HTTP (`RemoteSession`, images as
   base64), in alternating rounds, best round of each; the ratio HTTP / in-process (goal >= 0.70).
@@ -61,8 +64,19 @@ def in_threads(n: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - start
 
 
-def load_figures(url: str, image: pathlib.Path, sessions: int, clients: int) -> dict:
-    report = load_test(url, image, sessions, clients, token=TOKEN)
+def load_figures(
+    urls: list[str], image: pathlib.Path, sessions: int, clients: int, kill: subprocess.Popen | None = None
+) -> dict:
+    killed_at: list[int] = []
+
+    def kill_a_third_in(report) -> None:
+        if kill is not None and not killed_at and report.ok >= sessions // 3:
+            kill.kill()
+            killed_at.append(report.ok)
+
+    report = load_test(
+        urls, image, sessions, clients, token=TOKEN, rerun_lost=kill is not None, on_episode=kill_a_third_in
+    )
     for line in report.errors[:5]:
         print("  ", line, file=sys.stderr)
     creates = report.create_s
@@ -76,6 +90,10 @@ def load_figures(url: str, image: pathlib.Path, sessions: int, clients: int) -> 
         "load_calls_per_s": 3 * sessions / report.wall_s,
         "load_http_create_ms_p50": pct(creates, 50) * 1e3 if creates else float("nan"),
         "load_http_create_ms_p99": pct(creates, 99) * 1e3 if creates else float("nan"),
+        "load_hosts": len(urls),
+        "load_killed_after": killed_at[0] if killed_at else None,
+        "load_rerun": report.rerun,
+        "load_per_host": {url.rsplit(":", 1)[1]: n for url, n in sorted(report.per_host.items())},
     }
 
 
@@ -122,7 +140,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--calls", type=int, default=150, help="crop calls per session per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (0: load test only)")
+    parser.add_argument("--hosts", type=int, default=1, help="sandbox servers the load test spreads over")
+    parser.add_argument(
+        "--kill-one", action="store_true", help="SIGKILL the last server a third of the way into the load"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[os.cpu_count() or 1, 16])
     parser.add_argument("--json", type=pathlib.Path, default=None)
     args = parser.parse_args()
@@ -130,15 +152,18 @@ def main() -> None:
         tmp = pathlib.Path(tmp_name)
         image = tmp / "input.jpg"
         make_jpeg(image)
-        proc, url = start_server(tmp)
+        servers = [start_server(tmp) for _ in range(max(1, args.hosts))]
+        url = servers[0][1]
         try:
             results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
-            results.update(load_figures(url, image, args.sessions, args.clients))
-            for c in args.concurrency:
+            kill = servers[-1][0] if args.kill_one and len(servers) > 1 else None
+            results.update(load_figures([u for _, u in servers], image, args.sessions, args.clients, kill))
+            for c in args.concurrency if args.rounds else ():
                 results.update(throughput(url, image, c, max(1, args.calls * 2 // c), args.rounds))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(timeout=30)
     report(results, args.json)
     if results["load_lost_or_mixed"]:
         raise SystemExit(1)

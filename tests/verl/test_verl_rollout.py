@@ -214,6 +214,9 @@ def test_config_from_options_names_the_bad_key(tmp_path):
         VerlLoopConfig.from_options({})
     with pytest.raises(ValueError, match="preset"):
         VerlLoopConfig(sandbox_url="http://127.0.0.1:1", preset="nope")
+    VerlLoopConfig(sandbox_url=["http://sandbox-a:8765", "http://sandbox-b:8765"])  # several sandbox hosts
+    with pytest.raises(ValueError, match=r"sandbox_url: .*'nope'.* several hosts: a list or comma-separated"):
+        VerlLoopConfig(sandbox_url="http://sandbox-a:8765,nope")
     config = VerlLoopConfig.from_options({"sandbox_url": "http://127.0.0.1:1", "max_steps": 3})
     agent = config.agent_config(sampling_from_verl({"temperature": 0.7, "top_k": -1}, 256))
     assert agent.max_steps == 3 and not agent.fallback

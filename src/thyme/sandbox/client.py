@@ -9,16 +9,29 @@
             result = await session.arun("...")     # asyncio: many sessions in flight at once
 
 `run` returns a real `ExecutionResult`: images are written as files into a directory the client owns (one
-folder per session, removed by `client.close()`), so a rollout worker cannot tell a remote session from a
-local one. Standard library only: keep-alive connections in a small pool (one per concurrent call) and
-`asyncio` through a thread pool, because a call spends its time waiting on the server, not in Python.
+folder per session, removed by `discard_images()` or `client.close()`), so a rollout worker cannot tell a
+remote session from a local one. Standard library only: keep-alive connections in a small pool per host (one
+per concurrent call) and `asyncio` through a thread pool, because a call spends its time waiting on the
+server, not in Python.
+
+Several hosts: `SandboxClient(["http://a:8765", "http://b:8765"])` (or one comma-separated string) spreads
+new sessions over the hosts, each to the host with the fewest sessions this client has open there (ties at
+random, so that many clients spread too). A session stays on its host: its state lives there, and so do its
+forks. A host that cannot be connected to is *down*: new sessions go to the other hosts, and after
+`retry_down_s` it is tried again (when every host is down, all are tried). A session whose host stops
+answering raises `SessionLost` from its calls: its state is gone (or unreachable), so the caller opens a new
+session, which lands on a live host, and re-runs its episode; nothing is re-created behind its back, because
+a silently fresh session would run code against variables that no longer exist.
 
 Retries: a connection that cannot be opened is retried with exponential backoff for every call (nothing was
 sent); a connection that breaks after the request was sent is retried only for idempotent calls (health,
-image downloads, close), because a `run`, `fork` or session creation may already have happened.
+image downloads, close), because a `run` or `fork` may already have happened. Opening a session tries the
+next host at once when one cannot be reached, refuses with 503, or breaks after the request was sent (never
+the same host twice for one broken request; a session it may have created there is reclaimed by that
+server's idle TTL).
 Errors: `AuthError` (401), `RequestTooLarge` (413), `SessionNotFound` (404: closed, expired, or the server
-restarted), `SessionBusy` (409, as a local session raises it), `ServiceUnavailable` (no connection), all
-`ServiceError`s except `SessionBusy`.
+restarted), `SessionBusy` (409, as a local session raises it), `ServiceUnavailable` (no connection) and its
+`SessionLost` (a session's host stopped answering), all `ServiceError`s except `SessionBusy`.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import json
 import logging
 import os
 import pathlib
+import random
 import re
 import select
 import shutil
@@ -37,6 +51,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -87,55 +102,111 @@ class ServiceUnavailable(ServiceError):
     """No usable connection to the server, even after retrying."""
 
 
-class SandboxClient:
-    """Talks to one sandbox server. Thread-safe; use as a context manager or call `close()`.
+class SessionLost(ServiceUnavailable):
+    """A session's host stopped answering (down, or the connection broke mid-call): open a new session."""
 
-    token:      the server's bearer token (pass it explicitly; nothing is read from the environment).
+
+def split_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """Sandbox host URLs from one URL, a comma-separated string of them, or a list (each may hold commas);
+    a one-line `ValueError` names a malformed or repeated one."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    found: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"a sandbox URL must be a string like http://host:8765, got {item!r}")
+        for url in (u.strip() for u in item.split(",")):
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"a sandbox URL must look like http://host:port, got {url!r}")
+            if url.rstrip("/") in found:
+                raise ValueError(f"the sandbox URL {url!r} is listed twice")
+            found.append(url.rstrip("/"))
+    if not found:
+        raise ValueError("no sandbox URL given; pass http://host:port (several: comma-separated)")
+    return tuple(found)
+
+
+class _Host:
+    """One sandbox server: its address, its pool of idle keep-alive connections, and what the client knows
+    of it (sessions open there, down until when). Mutable fields are guarded by the client's lock."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.netloc = (parts.hostname, parts.port)
+        self.prefix = parts.path.rstrip("/") + API
+        self.idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self.sessions = 0
+        self.down_until = 0.0  # time.monotonic() before which new sessions avoid this host
+
+
+class SandboxClient:
+    """Talks to one sandbox server or spreads sessions over several. Thread-safe; use as a context manager
+    or call `close()`.
+
+    base_url:   one URL (http://host:8765), a comma-separated string of them, or a list (see the module
+                docstring for how sessions are spread and what happens when a host goes down).
+    token:      the servers' bearer token (pass it explicitly; nothing is read from the environment).
     images:     "base64" (images travel inside the run reply) or "url" (fetched with a GET afterwards).
     images_dir: where result images are written; a private temporary directory when None.
     timeout_s:  socket timeout of one HTTP exchange; keep it above the server's `--timeout`.
+    connect_timeout_s: how long opening a connection may take before the host counts as unreachable.
     retries, backoff_s: connection retries (see the module docstring) and the first backoff delay.
+    retry_down_s: how long a host that could not be reached is left out of new sessions.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str | None = None,
         *,
         images: Literal["base64", "url"] = "base64",
         images_dir: str | os.PathLike | None = None,
         timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
         retries: int = 3,
         backoff_s: float = 0.1,
+        retry_down_s: float = 10.0,
         max_connections: int = 64,
     ) -> None:
-        url = urllib.parse.urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"base_url must look like http://host:port, got {base_url!r}")
+        self._hosts = [_Host(url) for url in split_urls(base_url)]
         if images not in ("base64", "url"):
             raise ValueError(f'images must be "base64" or "url", got {images!r}')
-        self._conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        self._netloc = (url.hostname, url.port)
-        self._prefix = url.path.rstrip("/") + API
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.images = images
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s, self.connect_timeout_s = timeout_s, min(connect_timeout_s, timeout_s)
+        self.retries, self.backoff_s, self.retry_down_s = retries, backoff_s, retry_down_s
         self._owns_dir = images_dir is None
         self.images_dir = pathlib.Path(images_dir or tempfile.mkdtemp(prefix="thyme-client-"))
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
         self._max_connections = max_connections
         self._executor: ThreadPoolExecutor | None = None
         self.closed = False
 
     # -- the public API ------------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        """The server's status: `isolation` layers, open sessions, limits."""
-        return self._call("GET", "/health", idempotent=True)
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(h.url for h in self._hosts)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        """What the client knows of each host: `url`, `sessions` it has open there, `down` (left out of new
+        sessions until it is retried)."""
+        now = time.monotonic()
+        with self._lock:
+            return [{"url": h.url, "sessions": h.sessions, "down": h.down_until > now} for h in self._hosts]
+
+    def health(self, url: str | None = None) -> dict[str, Any]:
+        """A server's status (`isolation` layers, open sessions, limits): the host `url`, else the first."""
+        host = self._hosts[0] if url is None else next((h for h in self._hosts if h.url == url), None)
+        if host is None:
+            raise ValueError(f"{url!r} is not one of this client's hosts {list(self.urls)}")
+        return self._call("GET", "/health", idempotent=True, host=host)
 
     def session(self, inputs: list[str | os.PathLike] | tuple = ()) -> RemoteSession:
-        """Open an episode on the server; `inputs` are uploaded now and `image_path` is the first."""
+        """Open an episode on the least loaded live host; `inputs` are uploaded now, `image_path` is the
+        first."""
         uploads, paths = [], []
         for p in inputs:
             path = pathlib.Path(p).expanduser()
@@ -143,8 +214,8 @@ class SandboxClient:
                 raise FileNotFoundError(f"sandbox input {str(p)!r} is not a readable file; pass image paths")
             uploads.append({"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()})
             paths.append(str(path.resolve()))
-        reply = self._call("POST", "/sessions", {"inputs": uploads})
-        return RemoteSession(self, _checked_id(reply), tuple(paths))
+        host, reply = self._create({"inputs": uploads})
+        return RemoteSession(self, host, _checked_id(reply), tuple(paths))
 
     def close(self) -> None:
         """Drop the pooled connections and delete the images directory when the client created it."""
@@ -152,8 +223,10 @@ class SandboxClient:
             if self.closed:
                 return
             self.closed = True
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
+            idle = [conn for h in self._hosts for conn, _ in h.idle]
+            for h in self._hosts:
+                h.idle = []
+        for conn in idle:
             conn.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -166,11 +239,82 @@ class SandboxClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- spreading sessions --------------------------------------------------------------------------
+    def _create(self, payload: dict[str, Any]) -> tuple[_Host, dict[str, Any]]:
+        """POST /sessions to the least loaded live host, moving on to the next one that answers."""
+        delay, last = self.backoff_s, ServiceUnavailable("nothing tried")
+        spent: set[int] = set()  # hosts not to ask again: the request broke after it was sent, or a 503
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(delay)
+                delay *= 2
+            tried = set(spent)
+            while (host := self._reserve(tried)) is not None:
+                tried.add(id(host))
+                try:
+                    return host, self._call("POST", "/sessions", payload, host=host, tries=1)
+                except ServiceError as exc:
+                    self._release(host)
+                    if not isinstance(exc, ServiceUnavailable) and exc.status != 503:
+                        raise
+                    if isinstance(exc, _Broken) or exc.status == 503:
+                        spent.add(id(host))
+                    last = exc
+                except BaseException:
+                    self._release(host)
+                    raise
+            if len(spent) == len(self._hosts):
+                break
+        raise ServiceUnavailable(
+            f"no sandbox host could open a session ({len(self._hosts)} host(s), {self.retries + 1} rounds); "
+            f"last: {last}",
+            last.status,
+        )
+
+    def _reserve(self, tried: set[int]) -> _Host | None:
+        """The live untried host with the fewest open sessions (ties at random; down hosts only when no live
+        one is left), its count raised now so that concurrent calls spread."""
+        now = time.monotonic()
+        with self._lock:
+            left = [h for h in self._hosts if id(h) not in tried]
+            if not left:
+                return None
+            live = [h for h in left if h.down_until <= now] or left
+            fewest = min(h.sessions for h in live)
+            host = random.choice([h for h in live if h.sessions == fewest])
+            host.sessions += 1
+            return host
+
+    def _release(self, host: _Host) -> None:
+        with self._lock:
+            host.sessions -= 1
+
+    def _mark(self, host: _Host, reachable: bool) -> None:
+        with self._lock:
+            was_down = host.down_until > 0
+            host.down_until = 0.0 if reachable else time.monotonic() + self.retry_down_s
+        if reachable and was_down:
+            log.info("sandbox host %s answers again", host.url)
+        elif not reachable and not was_down and len(self._hosts) > 1:
+            log.warning(
+                "sandbox host %s is unreachable: new sessions go to the other hosts; retried in %g s",
+                host.url,
+                self.retry_down_s,
+            )
+
     # -- HTTP ----------------------------------------------------------------------------------------
     def _call(
-        self, method: str, path: str, payload: dict[str, Any] | None = None, *, idempotent: bool = False
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        idempotent: bool = False,
+        host: _Host | None = None,
+        tries: int | None = None,
     ) -> dict[str, Any]:
-        status, data, _ = self._request(method, path, payload, idempotent=idempotent)
+        host = host or self._hosts[0]
+        status, data, _ = self._request(host, method, path, payload, idempotent=idempotent, tries=tries)
         try:
             reply = json.loads(data) if data else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -188,7 +332,14 @@ class SandboxClient:
         raise kind(f"sandbox server: {message} (HTTP {status})", status)
 
     def _request(
-        self, method: str, path: str, payload: dict[str, Any] | None, *, idempotent: bool
+        self,
+        host: _Host,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        *,
+        idempotent: bool,
+        tries: int | None = None,
     ) -> tuple[int, bytes, str]:
         if self.closed:
             raise RuntimeError("this SandboxClient is closed")
@@ -196,55 +347,57 @@ class SandboxClient:
         headers = dict(self._headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
+        tries = self.retries + 1 if tries is None else tries
         delay, last = self.backoff_s, ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(tries):
             if attempt:
                 time.sleep(delay)
                 delay *= 2
-            conn = self._checkout()
+            conn = self._checkout(host)
             if conn.sock is None:
                 try:
                     conn.connect()
+                    conn.sock.settimeout(self.timeout_s)
                 except OSError as exc:  # nothing was sent: safe to retry any call
                     conn.close()
                     last = f"cannot connect ({exc})"
+                    self._mark(host, reachable=False)
                     continue
             try:
-                conn.request(method, self._prefix + path, body=body, headers=headers)
+                conn.request(method, host.prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
             except TimeoutError:
                 conn.close()
                 raise ServiceError(
-                    f"the sandbox server did not answer {method} {path} within {self.timeout_s:g} s"
+                    f"the sandbox server {host.url} did not answer {method} {path} "
+                    f"within {self.timeout_s:g} s"
                 ) from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 last = f"the connection broke during {method} {path} ({type(exc).__name__}: {exc})"
                 if idempotent:
                     continue
-                raise ServiceUnavailable(
-                    f"{last}; not retried because the call may have run (a very large request also "
-                    "ends this way when it exceeds the server's size limit)"
+                raise _Broken(
+                    f"{host.url}: {last}; not retried because the call may have run (a very large request "
+                    "also ends this way when it exceeds the server's size limit)"
                 ) from None
+            self._mark(host, reachable=True)
             if resp.will_close:
                 conn.close()
             else:
-                self._checkin(conn)
+                self._checkin(host, conn)
             return resp.status, data, resp.getheader("Content-Type", "")
-        host, port = self._netloc
-        raise ServiceUnavailable(
-            f"sandbox server {host}:{port} unreachable after {self.retries + 1} tries: {last}"
-        )
+        raise ServiceUnavailable(f"sandbox server {host.url} unreachable after {tries} tries: {last}")
 
-    def _checkout(self) -> http.client.HTTPConnection:
-        """A pooled keep-alive connection that is still open, or a new (unconnected) one."""
+    def _checkout(self, host: _Host) -> http.client.HTTPConnection:
+        """A pooled keep-alive connection to `host` that is still open, or a new (unconnected) one."""
         now = time.monotonic()
         while True:
             with self._lock:
-                if not self._idle:
+                if not host.idle:
                     break
-                conn, since = self._idle.pop()
+                conn, since = host.idle.pop()
             sock = conn.sock
             # a readable idle socket means the server closed it (or sent junk): never reuse it
             if (
@@ -254,13 +407,13 @@ class SandboxClient:
             ):
                 return conn
             conn.close()
-        host, port = self._netloc
-        return self._conn_cls(host, port, timeout=self.timeout_s)
+        name, port = host.netloc
+        return host.conn_cls(name, port, timeout=self.connect_timeout_s)
 
-    def _checkin(self, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, host: _Host, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            if not self.closed and len(self._idle) < self._max_connections:
-                self._idle.append((conn, time.monotonic()))
+            if not self.closed and len(host.idle) < self._max_connections:
+                host.idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -270,7 +423,7 @@ class SandboxClient:
                 self._executor = ThreadPoolExecutor(self._max_connections, thread_name_prefix="thyme-client")
             return self._executor
 
-    def _save_images(self, sid: str, items: object) -> list[pathlib.Path]:
+    def _save_images(self, host: _Host, sid: str, items: object) -> list[pathlib.Path]:
         if not isinstance(items, list):
             raise ServiceError("the sandbox server sent images in an unexpected shape")
         folder = self.images_dir / sid
@@ -283,7 +436,7 @@ class SandboxClient:
                 data = base64.b64decode(item["data"], validate=True)
             else:
                 status, data, _ = self._request(
-                    "GET", f"/sessions/{sid}/images/{name}", None, idempotent=True
+                    host, "GET", f"/sessions/{sid}/images/{name}", None, idempotent=True
                 )
                 if status != 200:
                     raise ServiceError(
@@ -296,11 +449,20 @@ class SandboxClient:
         return paths
 
 
-class RemoteSession:
-    """A sandbox episode on a server, with the interface of `thyme.sandbox.Session`."""
+class _Broken(ServiceUnavailable):
+    """The connection broke after a non-idempotent request was sent: it may have run."""
 
-    def __init__(self, client: SandboxClient, session_id: str, inputs: tuple[str, ...]) -> None:
+
+class RemoteSession:
+    """A sandbox episode on a server, with the interface of `thyme.sandbox.Session`.
+
+    url: the host it lives on (every call, fork and image of the session goes there).
+    """
+
+    def __init__(self, client: SandboxClient, host: _Host, session_id: str, inputs: tuple[str, ...]) -> None:
         self._client = client
+        self._host = host
+        self.url = host.url
         self.id = session_id
         self.inputs = inputs
         self.closed = False
@@ -311,10 +473,8 @@ class RemoteSession:
             raise TypeError(f"session.run expects the code as str, got {type(code).__name__}")
         self._check_open()
         start = time.monotonic()
-        reply = self._client._call(
-            "POST", f"/sessions/{self.id}/run", {"code": code, "images": self._client.images}
-        )
-        images = self._client._save_images(self.id, reply.get("images"))
+        reply = self._call("POST", f"/sessions/{self.id}/run", {"code": code, "images": self._client.images})
+        images = self._client._save_images(self._host, self.id, reply.get("images"))
         return _result_from_json(reply, images, time.monotonic() - start)
 
     async def arun(self, code: str) -> ExecutionResult:
@@ -322,28 +482,52 @@ class RemoteSession:
         return await asyncio.get_running_loop().run_in_executor(self._client._pool(), self.run, code)
 
     def fork(self) -> RemoteSession:
-        """An independent copy of this session's state (copy-on-write, in a new process on the server)."""
+        """An independent copy of this session's state (copy-on-write, in a new process on the same host)."""
         self._check_open()
-        reply = self._client._call("POST", f"/sessions/{self.id}/fork", {})
-        return RemoteSession(self._client, _checked_id(reply), self.inputs)
+        client = self._client
+        with client._lock:
+            self._host.sessions += 1
+        try:
+            reply = self._call("POST", f"/sessions/{self.id}/fork", {})
+            return RemoteSession(client, self._host, _checked_id(reply), self.inputs)
+        except BaseException:
+            client._release(self._host)
+            raise
+
+    def discard_images(self) -> None:
+        """Delete the images this session's results wrote on the client side (as a local session does)."""
+        shutil.rmtree(self._client.images_dir / self.id, ignore_errors=True)
 
     def close(self) -> None:
         """Close the session on the server; never raises (an unreachable server reclaims it by its TTL)."""
         if self.closed:
             return
         self.closed = True
-        try:
-            self._client._call("DELETE", f"/sessions/{self.id}", idempotent=True)
+        client = self._client
+        client._release(self._host)
+        down = self._host.down_until > time.monotonic()
+        try:  # a host known to be down gets one try: its sessions are gone or reclaimed by its TTL
+            path = f"/sessions/{self.id}"
+            client._call("DELETE", path, idempotent=True, host=self._host, tries=1 if down else None)
         except SessionNotFound:
             pass
         except (ServiceError, RuntimeError) as exc:
-            log.warning("could not close sandbox session %s: %s", self.id, exc)
+            (log.debug if down else log.warning)("could not close sandbox session %s: %s", self.id, exc)
 
     def __enter__(self) -> RemoteSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _call(self, method: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._client._call(method, path, payload, host=self._host)
+        except ServiceUnavailable as exc:
+            raise SessionLost(
+                f"sandbox session {self.id} is lost: {exc}. Its state lived only on that host; open a new "
+                "session (it goes to a host that answers) and run the episode again"
+            ) from None
 
     def _check_open(self) -> None:
         if self.closed:

@@ -7,7 +7,7 @@ misspelt key is an error naming it, not a silently ignored option:
 
     - name: thyme
       _target_: thyme.verl.agent_loop.ThymeAgentLoop
-      sandbox_url: http://sandbox-host:8765
+      sandbox_url: http://sandbox-host:8765      # several hosts: a list, or comma-separated
       sandbox_token_file: /etc/thyme/sandbox-token
       max_steps: 4
 
@@ -25,13 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from thyme.agent.config import AgentConfig, ErrorPolicy, SamplingParams
+from thyme.sandbox.client import split_urls
 
 
 @dataclass(frozen=True)
 class VerlLoopConfig:
     """How one verl rollout of the Thyme loop runs.
 
-    sandbox_url:        base URL of `thyme sandbox serve` (one session per trajectory).
+    sandbox_url:        base URL of `thyme sandbox serve` (one session per trajectory); several hosts as a
+                        list or one comma-separated string: each trajectory's session goes to a host at
+                        random among those that answer (every trajectory has its own client), stays there,
+                        and a trajectory whose host dies under it ends with a sandbox error (`SessionLost`).
     sandbox_token_file: a file holding the server's bearer token (read once per trajectory); or give
                         `sandbox_token` itself. Neither: the server must run without a token.
     sandbox_timeout_s:  socket timeout of one sandbox request; keep it above the server's `--timeout`.
@@ -50,7 +54,7 @@ class VerlLoopConfig:
                         to the server and re-processed for training with the same bounds.
     """
 
-    sandbox_url: str
+    sandbox_url: str | list[str]
     sandbox_token: str | None = None
     sandbox_token_file: str | None = None
     sandbox_timeout_s: float = 600.0
@@ -65,11 +69,12 @@ class VerlLoopConfig:
     max_pixels: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sandbox_url, str) or not self.sandbox_url.startswith(("http://", "https://")):
+        try:
+            split_urls(self.sandbox_url)
+        except ValueError as exc:
             raise ValueError(
-                f"sandbox_url must look like http://host:port (a `thyme sandbox serve`), "
-                f"got {self.sandbox_url!r}"
-            )
+                f"sandbox_url: {exc} (a `thyme sandbox serve`; several hosts: a list or comma-separated)"
+            ) from None
         if self.sandbox_token is not None and self.sandbox_token_file is not None:
             raise ValueError("give sandbox_token or sandbox_token_file, not both")
         if self.sandbox_token_file is not None and not Path(self.sandbox_token_file).is_file():

@@ -1,0 +1,175 @@
+"""`SandboxClient` over several sandbox hosts: real `thyme sandbox serve` processes on 127.0.0.1, one of them
+killed (SIGKILL, as a crashed machine) while sessions on it are open and a call is in flight.
+
+What must hold: new sessions go to the host with the fewest of this client's sessions; a session and its
+forks stay on their host; a killed host's sessions raise `SessionLost` (typed, promptly, never a silently
+fresh session) while the other host's sessions keep their state; new sessions go to the live host; the dead
+host is tried again later and used once it answers; a load over both hosts with one killed mid-run loses or
+mixes up no episode (episodes hit by the kill are run again in new sessions).
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from thyme.sandbox.client import SandboxClient, ServiceUnavailable, SessionLost, split_urls
+from thyme.sandbox.loadtest import load_test
+
+TOKEN = "hosts-token-5c1e"
+
+
+class Host:
+    """One `thyme sandbox serve` subprocess."""
+
+    def __init__(self, token_file, port: int = 0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "thyme", "sandbox", "serve", "--port", str(port),
+             "--token-file", str(token_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), self.proc.stderr.read()
+        self.url = line.split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture
+def two_hosts(token_file):
+    hosts = [Host(token_file), Host(token_file)]
+    yield hosts
+    for host in hosts:
+        host.stop()
+
+
+def test_split_urls_accepts_lists_and_commas_and_refuses_nonsense():
+    assert split_urls("http://a:1") == ("http://a:1",)
+    assert split_urls("http://a:1, http://b:2/") == ("http://a:1", "http://b:2")
+    assert split_urls(["http://a:1,http://b:2", "https://c:3"]) == ("http://a:1", "http://b:2", "https://c:3")
+    for bad, message in [
+        ("a:1", "must look like http://host:port"),
+        ("http://a:1,,http://b:2", "must look like"),
+        ("http://a:1,http://a:1/", "listed twice"),
+        ([], "no sandbox URL"),
+        ([8765], "must be a string"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            split_urls(bad)
+
+
+def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(two_hosts, token_file):
+    a, b = two_hosts
+    client = SandboxClient([a.url, b.url], token=TOKEN, retries=1, backoff_s=0.05, retry_down_s=0.5)
+    with client:
+        # Spread by load: four sessions, two on each host, each remembering which it is.
+        sessions = [client.session() for _ in range(4)]
+        assert collections.Counter(s.url for s in sessions) == {a.url: 2, b.url: 2}
+        for k, s in enumerate(sessions):
+            assert s.run(f"mine = {k}").ok
+        on_a = [s for s in sessions if s.url == a.url]
+        on_b = [s for s in sessions if s.url == b.url]
+        fork = on_b[0].fork()  # a fork lives where its parent's state is
+        assert fork.url == b.url and fork.run("print(mine)").stdout == f"{sessions.index(on_b[0])}\n"
+        assert client.health(a.url)["sessions"] == 2 and client.health(b.url)["sessions"] == 3
+        assert {h["url"]: h["sessions"] for h in client.hosts()} == {a.url: 2, b.url: 3}
+
+        # Kill host B while a call of one of its sessions is in flight.
+        outcome: dict[str, BaseException] = {}
+
+        def long_call() -> None:
+            try:
+                on_b[1].run("import time\ntime.sleep(20)")
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        call = threading.Thread(target=long_call)
+        call.start()
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        b.kill()
+        call.join(timeout=10)
+        assert isinstance(outcome.get("error"), SessionLost), outcome
+        assert time.monotonic() - killed_at < 5
+        assert on_b[1].id in str(outcome["error"]) and "open a new session" in str(outcome["error"])
+        with pytest.raises(SessionLost, match="unreachable"):
+            on_b[0].run("print(mine)")
+        with pytest.raises(SessionLost):
+            fork.fork()
+        # The live host's sessions keep their state.
+        for s in on_a:
+            assert s.run("print(mine)").stdout == f"{sessions.index(s)}\n"
+
+        # New sessions go to the live host, and work.
+        fresh = [client.session() for _ in range(4)]
+        assert {s.url for s in fresh} == {a.url}
+        assert all(s.run("print(2 + 2)").stdout == "4\n" for s in fresh)
+        assert {h["url"]: h["down"] for h in client.hosts()} == {a.url: False, b.url: True}
+
+        # Closing sessions of the dead host does not raise; their count goes away.
+        for s in (*on_b, fork):
+            s.close()
+        assert {h["url"]: h["sessions"] for h in client.hosts()} == {a.url: 6, b.url: 0}
+
+        # The dead host is tried again later: once it is back (same port), new sessions use it again.
+        b_again = Host(token_file, port=b.port)
+        try:
+            time.sleep(0.6)  # past retry_down_s
+            back = client.session()
+            assert back.url == b.url and back.run("print('back')").stdout == "back\n"
+            assert {h["url"]: h["down"] for h in client.hosts()} == {a.url: False, b.url: False}
+            back.close()
+        finally:
+            b_again.stop()
+        for s in (*on_a, *fresh):
+            s.close()
+
+
+def test_every_host_down_is_a_clear_error(two_hosts):
+    a, b = two_hosts
+    a.kill()
+    b.kill()
+    with SandboxClient([a.url, b.url], token=TOKEN, retries=1, backoff_s=0.01) as client:
+        with pytest.raises(ServiceUnavailable, match=r"no sandbox host could open a session \(2 host"):
+            client.session()
+        assert all(h["down"] for h in client.hosts())
+
+
+def test_load_over_two_hosts_with_one_killed_mid_run_loses_nothing(two_hosts, small_png):
+    a, b = two_hosts
+    killed = threading.Event()
+
+    def kill_b_a_third_in(report) -> None:
+        if not killed.is_set() and report.ok >= 20:
+            killed.set()
+            b.kill()
+
+    report = load_test(
+        [a.url, b.url], small_png, sessions=60, clients=4, token=TOKEN, rerun_lost=True,
+        on_episode=kill_b_a_third_in,
+    )  # fmt: skip
+    assert killed.is_set()
+    assert report.errors == [] and report.ok == 60 and report.lost_or_mixed == 0
+    assert report.per_host[b.url] >= 5 and report.per_host[a.url] >= 40  # both served; A after the kill
+    assert sum(report.per_host.values()) == 60
