@@ -19,6 +19,7 @@ import pathlib
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -28,7 +29,7 @@ from thyme.sandbox.cgroups import Cgroups
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.confine import TRASH_DIR
 from thyme.sandbox.layers import Layer, detect_layers, missing_required
-from thyme.sandbox.process import SandboxError, WorkerHandle, Zygote
+from thyme.sandbox.process import ForkFailed, SandboxError, WorkerHandle, Zygote
 from thyme.sandbox.session import Home, Session
 from thyme.sandbox.uids import UidPool
 from thyme.sandbox.watch import Watcher
@@ -44,6 +45,8 @@ class Sandbox:
         if self.config.root_dir is not None:
             self.config.root_dir.mkdir(parents=True, exist_ok=True)
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="thyme-sandbox-", dir=self.config.root_dir))
+        # Beside the root, not in it: a log that an error names must outlive the Sandbox (see `close`).
+        self.zygote_log = self.root.with_name(self.root.name + "-zygote.log")
         # Under a root parent every worker drops to a uid of its own, leased machine-wide; they must be
         # able to walk down to their session directory (but not list the others).
         self.drop_uid = os.geteuid() == 0
@@ -80,6 +83,9 @@ class Sandbox:
         self._view = cfg.filesystem == "view" or (
             cfg.filesystem == "auto" and landlock.abi_version() == 0 and self.drop_uid
         )
+        # An ordinary user's lineages get a user and a PID namespace each (thyme.sandbox.lineage); a root
+        # parent's are held by their uid (the reaper) and cgroups.
+        self._lineage = not self.drop_uid
         try:
             self._zygote = self._start_zygote()
         except SandboxError:
@@ -87,9 +93,14 @@ class Sandbox:
             self.watcher.close()
             self._release_uids()
             shutil.rmtree(self.root, ignore_errors=True)
+            self._drop_log()
             raise
         self._cgroups, cgroup_detail = Cgroups.create(self.root.name)
         if self.uids is not None and self._cgroups is None:  # a lineage's uid is its own: cap it there
+            self._limits["processes"] = cfg.max_processes
+        lineage_error = self._zygote.lineage_error if self._lineage else None
+        if self._lineage and lineage_error is None:  # counted in the lineage's own user namespace
+            self._limits["lineage"] = True
             self._limits["processes"] = cfg.max_processes
         self.layers: tuple[Layer, ...] = detect_layers(
             self._zygote.namespaces,
@@ -100,6 +111,8 @@ class Sandbox:
             self._zygote.quota_error,
             self._view,
             self._zygote.view_error,
+            lineage=self._lineage,
+            lineage_error=lineage_error,
         )
         missing = missing_required(self.layers)
         if missing and not cfg.allow_weak_isolation:
@@ -109,6 +122,7 @@ class Sandbox:
             self.watcher.close()
             self._release_uids()
             shutil.rmtree(self.root, ignore_errors=True)
+            self._drop_log()
             self._closed = True
             names = ", ".join(layer.name for layer in missing)
             problem = f"sandbox layer(s) missing on this machine: {names} ({missing[0].detail})"
@@ -189,7 +203,7 @@ class Sandbox:
             return self._zygote
 
     def _start_zygote(self) -> Zygote:
-        return Zygote(self.root / "zygote.log", self.root, view=self._view)
+        return Zygote(self.zygote_log, self.root, view=self._view, lineage=self._lineage)
 
     def _take_worker(self) -> WorkerHandle:
         with self._lock:
@@ -206,8 +220,8 @@ class Sandbox:
         try:
             try:
                 handle = self._zygote.spawn(limits)
-            except SandboxError:  # restart a zygote that died, once, then give up loudly
-                handle = self._live_zygote().spawn(limits)
+            except SandboxError as failure:  # make room or restart a dead zygote, then give up loudly
+                handle = self._spawn_again(failure, limits)
         except BaseException:
             if self.uids is not None:
                 self.uids.release(limits["uid"])
@@ -215,6 +229,25 @@ class Sandbox:
         handle.uid_pool = self.uids
         self.enclose(handle)
         return handle
+
+    def _spawn_again(self, failure: SandboxError, limits: dict) -> WorkerHandle:
+        """The pool survives what one session did: after a failed spawn, a zygote that died is restarted
+        (its process group, every lineage included, is killed with it) and asked once more. One that is
+        alive but could not fork (the user's process limit, no memory) first gets room: the workers
+        waiting in the pool are killed, each with its lineage, and it is asked again for up to a second."""
+        if not isinstance(failure, ForkFailed):
+            return self._live_zygote().spawn(limits)
+        with self._lock:
+            idle, self._pool = self._pool, []
+        for handle in idle:
+            handle.kill()
+        for pause in (0.05, 0.15, 0.3, 0.5):
+            time.sleep(pause)  # killed processes count against the limit until the kernel has reaped them
+            try:
+                return self._live_zygote().spawn(limits)
+            except ForkFailed as again:
+                failure = again
+        raise failure
 
     def enclose(self, handle: WorkerHandle) -> None:
         """Move a fresh worker (or fork) into its own cgroup before it runs any model code."""
@@ -244,25 +277,29 @@ class Sandbox:
         return len(self._pool) >= size and len(self._homes) >= size and cgroups_ok
 
     def _refill_loop(self) -> None:
-        size = self.config.pool_size
+        size, backoff = self.config.pool_size, 0.0
         while True:
             with self._lock:
-                while not self._closed and self._stocked(size):
-                    self._wanted.wait()
+                while not self._closed and (backoff or self._stocked(size)):
+                    self._wanted.wait(timeout=backoff or None)
+                    backoff = 0.0  # waited out (or woken by a taker): try again
                 if self._closed:
                     return
                 worker = len(self._pool) < size
                 home = not worker and len(self._homes) < size
-            if not worker and not home:  # only cgroups are short
-                try:
-                    self._cgroups.prepare(self.config.memory_mb, self.config.max_processes)
-                except OSError:
-                    return  # enclose() makes its own and reports the error where it happens
-                continue
             try:
-                made = self._spawn() if worker else Home.make(self, self._new_home(self.root), self._zygote)
+                if not worker and not home:  # only cgroups are short
+                    self._cgroups.prepare(self.config.memory_mb, self.config.max_processes)
+                    continue
+                if worker:
+                    made: WorkerHandle | Home = self._spawn()
+                else:
+                    made = Home.make(self, self._new_home(self.root), self._live_zygote())
             except (SandboxError, RuntimeError, OSError):
-                return
+                # Takers make their own and report the error where it happens; the pool tries again later
+                # (the zygote may be restarted, processes freed), so one bad moment does not empty it.
+                backoff = 1.0
+                continue
             with self._lock:
                 if not self._closed:
                     if isinstance(made, WorkerHandle):
@@ -297,6 +334,13 @@ class Sandbox:
             self._cgroups.close()
         self.watcher.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        self._drop_log()
+
+    def _drop_log(self) -> None:
+        """Remove the zygote's log unless something was written there (an error names it, so it stays)."""
+        with contextlib.suppress(OSError):
+            if self.zygote_log.stat().st_size == 0:
+                self.zygote_log.unlink()
 
     def _reap_uid(self, uid: int) -> None:
         """Kill whatever still runs as the worker uid `uid` (the pool's reaper thread calls this)."""

@@ -37,10 +37,14 @@ def detect_layers(
     quota_error: str | None,
     view: bool = False,
     view_error: str | None = None,
+    lineage: bool = False,
+    lineage_error: str | None = None,
 ) -> tuple[Layer, ...]:
     """The layers that apply to workers of a zygote that entered `namespaces` (and could mount output
     quotas unless `quota_error` says why not). With `view` the zygote was asked for the filesystem view,
-    which it entered unless `view_error` says why not."""
+    which it entered unless `view_error` says why not; with `lineage`, a user and a PID namespace per
+    lineage, which it makes unless `lineage_error` says why not."""
+    lineages = lineage and lineage_error is None
     abi = landlock.abi_version()
     if view:
         ll_detail = "not used: the filesystem view confines files instead (filesystem='view' or no Landlock)"
@@ -84,6 +88,8 @@ def detect_layers(
             + (
                 "; processes and threads (RLIMIT_NPROC on the lineage's own uid, as no cgroup counts them)"
                 if drop_uid and not cgroups
+                else "; processes and threads of a lineage (RLIMIT_NPROC, counted in its own user namespace)"
+                if lineages
                 else ""
             ),
         ),
@@ -135,8 +141,22 @@ def detect_layers(
             "root parent: a worker lineage's uid is its own, so once its last process is killed every "
             "process still running as that uid is killed too (kill(-1) from that uid), wherever it fled"
             if drop_uid
+            else "not used: workers share the caller's uid; the lineage layer holds what they start"
+            if lineages
             else "missing: workers share the caller's uid; processes model code starts die with their "
             "cgroup where there is one, else when the sandbox closes (unless they left its process group)",
+        ),
+        Layer(
+            "lineage",
+            lineages,
+            "a user and a PID namespace per lineage (a session and its forks): max_processes caps its "
+            "processes and threads, and when its last worker is killed its init goes, taking every process "
+            "in it along, wherever it fled; memory stays capped per process (memory_mb each)"
+            if lineages
+            else "not used: a root parent's lineages are held by their uid (reaper) and cgroups"
+            if not lineage
+            else f"missing: {lineage_error}; processes model code starts are neither capped nor killed with "
+            "their session",
         ),
         Layer(
             "disk_quota",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from thyme.sandbox import wire
 from thyme.sandbox.cgroups import WorkerCgroup
+from thyme.sandbox.lineage import Lineage
 
 if TYPE_CHECKING:
     from thyme.sandbox.uids import UidPool
@@ -45,6 +46,11 @@ _THREAD_CAPS = {
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (it could not start a worker); not an error of the model's code."""
+
+
+class ForkFailed(SandboxError):
+    """The zygote is alive but could not fork a worker (a process limit, no memory): freeing processes and
+    asking again may help."""
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -70,17 +76,21 @@ class WorkerHandle:
     uid: int | None = None  # the unprivileged uid the worker dropped to (root parents only)
     uid_pool: UidPool | None = None  # who gets `uid` back once this process is killed
     zygote: Zygote | None = None  # whose mount namespace the worker lives in
+    lineage: Lineage | None = None  # the user and PID namespaces of its lineage (ordinary users)
 
     @classmethod
     def adopt(cls, sock: socket.socket, pid: int) -> WorkerHandle:
         pidfd = _pidfd_open(pid)
         return cls(pid=pid, channel=wire.Channel(sock, MAX_REPLY_BYTES, death_fd=pidfd), pidfd=pidfd)
 
-    def share_uid(self, parent: WorkerHandle) -> None:
-        """This process is a fork of `parent`'s and runs as its uid: hold that uid until it is killed too."""
-        self.uid, self.uid_pool = parent.uid, parent.uid_pool
+    def share_lineage(self, parent: WorkerHandle) -> None:
+        """This process is a fork of `parent`'s: it runs as its uid and lives in its namespaces. Hold both
+        (the uid, the lineage's init) until this process is killed too."""
+        self.uid, self.uid_pool, self.lineage = parent.uid, parent.uid_pool, parent.lineage
         if self.uid_pool is not None and self.uid is not None:
             self.uid_pool.retain(self.uid)
+        if self.lineage is not None:
+            self.lineage.retain()
 
     def kill(self) -> None:
         """SIGKILL the worker (idempotent) and release the descriptors."""
@@ -98,6 +108,9 @@ class WorkerHandle:
         if self.uid_pool is not None and self.uid is not None:
             self.uid_pool.release(self.uid)
             self.uid_pool = None
+        if self.lineage is not None:  # the last worker of a lineage takes everything in it along
+            self.lineage.release()
+            self.lineage = None
 
 
 @dataclass
@@ -131,7 +144,12 @@ class Zygote:
     """The warm interpreter that forks workers and mounts output quotas; see `thyme.sandbox.zygote`."""
 
     def __init__(
-        self, log_path: pathlib.Path, root: pathlib.Path, namespaces: bool = True, view: bool = False
+        self,
+        log_path: pathlib.Path,
+        root: pathlib.Path,
+        namespaces: bool = True,
+        view: bool = False,
+        lineage: bool = False,
     ) -> None:
         self._lock = threading.Lock()
         self._mounter: socket.socket | None = None  # the zygote's child that mounts output quotas
@@ -146,7 +164,8 @@ class Zygote:
             self.proc = subprocess.Popen(
                 [sys.executable, "-s", "-m", "thyme.sandbox.zygote", str(theirs.fileno()), str(root)]
                 + (["--namespaces"] if namespaces else [])
-                + (["--view"] if view else []),
+                + (["--view"] if view else [])
+                + (["--lineage"] if lineage else []),
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -163,12 +182,10 @@ class Zygote:
             hello, fds = wire.recv_frame_blocking(self.sock, 1 << 16)
         except (OSError, wire.WireError) as exc:
             self.close()
-            raise SandboxError(
-                f"the sandbox zygote did not start ({exc}); see {log_path} for its error output"
-            ) from None
+            raise SandboxError(self.note(f"the sandbox zygote did not start ({exc})")) from None
         if not hello.get("ready"):
             self.close()
-            raise SandboxError(f"the sandbox zygote sent an unexpected greeting; see {log_path}")
+            raise SandboxError(self.note("the sandbox zygote sent an unexpected greeting"))
         self.namespaces: list[str] = [str(n) for n in hello.get("namespaces", [])]
         quota_error = hello.get("quota_error")
         self.quota_error: str | None = None if quota_error is None else str(quota_error)
@@ -176,6 +193,9 @@ class Zygote:
         view_dev, view_error = hello.get("view_dev"), hello.get("view_error")
         self.view_dev: int | None = view_dev if isinstance(view_dev, int) else None
         self.view_error: str | None = None if view_error is None else str(view_error)
+        # With lineages asked for: None when the zygote can make them, else why not.
+        lineage_error = hello.get("lineage_error")
+        self.lineage_error: str | None = None if lineage_error is None else str(lineage_error)
         # Mounts go to the mounter, so that they never wait behind the fork of a worker.
         if fds and quota_error is None and isinstance(hello.get("mounter"), int):
             self._mounter, self.mounter_pid = socket.socket(fileno=fds.pop()), hello["mounter"]
@@ -189,6 +209,16 @@ class Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def note(self, problem: str) -> str:
+        """Append `problem` (and the zygote's exit status, once it has one) to the zygote's log, and return
+        it with a pointer there: the log is kept when the Sandbox closes, so the path stays valid."""
+        status = self.proc.poll() if hasattr(self, "proc") else None
+        if status is not None:
+            problem += f" (exit status {status})" if status >= 0 else f" (killed by signal {-status})"
+        with contextlib.suppress(OSError), open(self.log_path, "a") as log:
+            log.write(f"thyme sandbox: {problem}\n")
+        return f"{problem}; see {self.log_path}"
+
     def _ask(self, request: dict) -> tuple[dict, list[int]]:
         """One request and its reply (with the descriptors that came along) on the control socket."""
         with self._lock:
@@ -196,19 +226,23 @@ class Zygote:
                 wire.send_frame(self.sock, request)
                 return wire.recv_frame_blocking(self.sock, 1 << 16)
             except (OSError, wire.WireError) as exc:
-                raise SandboxError(
-                    f"the sandbox zygote stopped answering ({exc}); see {self.log_path}"
-                ) from None
+                raise SandboxError(self.note(f"the sandbox zygote stopped answering ({exc})")) from None
 
     def spawn(self, limits: dict) -> WorkerHandle:
         reply, fds = self._ask({"op": "spawn", "limits": limits})
-        if len(fds) != 1 or not isinstance(reply.get("pid"), int):
+        wanted = 2 if limits.get("lineage") else 1
+        if isinstance(reply.get("error"), str) and not fds:
+            raise ForkFailed(self.note(f"the sandbox zygote {reply['error'][:300]}"))
+        pids = [reply.get("pid")] + ([reply.get("init")] if wanted == 2 else [])
+        if len(fds) != wanted or not all(isinstance(pid, int) for pid in pids):
             for fd in fds:
                 os.close(fd)
-            raise SandboxError("the sandbox zygote sent a malformed spawn reply")
+            raise SandboxError(self.note("the sandbox zygote sent a malformed spawn reply"))
         handle = WorkerHandle.adopt(socket.socket(fileno=fds[0]), reply["pid"])
         handle.uid = limits.get("uid")
         handle.zygote = self
+        if wanted == 2:
+            handle.lineage = Lineage(fds[1], reply["init"])
         return handle
 
     def reap(self, uid: int) -> None:
@@ -231,9 +265,8 @@ class Zygote:
                 )
                 reply, fds = wire.recv_frame_blocking(self._mounter, 1 << 16)
             except (OSError, wire.WireError) as exc:
-                raise SandboxError(
-                    f"the sandbox zygote's mounter stopped answering ({exc}); see {self.log_path}"
-                ) from None
+                problem = f"the sandbox zygote's mounter stopped answering ({exc})"
+                raise SandboxError(self.note(problem)) from None
         if reply.get("ok") is not True or len(fds) != 1 or not isinstance(reply.get("dev"), int):
             for fd in fds:
                 os.close(fd)

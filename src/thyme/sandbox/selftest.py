@@ -1,10 +1,10 @@
 """A functional self-test of the sandbox on this machine, used by `thyme sandbox check`.
 
 It starts a real sandbox (with a small disk quota) and checks the behaviours every consumer relies on: the
-confinement probes below (and the quota, a parent sealed off its fork, and a process that fled its session
-dying with it, where those layers are active), code runs out of process, state persists, an image is
-produced and collected, a runaway loop is killed on time, and a crash is an error result rather than a
-hang. The confinement attack suite lives in the tests; this is the quick check.
+confinement probes below (and the quota, a parent sealed off its fork, a process that fled its session
+dying with it and a cap on processes, where those layers are active), code runs out of process, state
+persists, an image is produced and collected, a runaway loop is killed on time, and a crash is an error
+result rather than a hang. The confinement attack suite lives in the tests; this is the quick check.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from PIL import Image
 
 from thyme.sandbox.config import SandboxConfig
 from thyme.sandbox.core import Sandbox
+from thyme.sandbox.lineage import host_pid
 
 _TRY = "try:\n    {action}\n    print('BREACHED')\nexcept OSError:\n    print('denied')"
 
@@ -41,22 +42,46 @@ QUOTA_PROBE = (
     + "\nos.remove('fill.bin')"
 )
 
-# Run where the cgroup or reaper layer is active: a child that leaves the session's process group and
-# would sleep on (it ends by itself after 30 s in any case).
+# Run where the cgroup, reaper or lineage layer is active: a child that leaves the session's process group
+# and would sleep on (it ends by itself after 30 s in any case). It prints its pid as it sees it.
 LEFTOVER_PROBE = (
     "import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(30)\n    os._exit(0)\n"
     "print(pid)"
 )
 
+# Run with the leftover probe: children that sleep for 3 s, forked until the process cap refuses one (or 64
+# are made: no cap). The self-test's sandbox caps a session at SELFTEST_PROCESSES processes and threads.
+SELFTEST_PROCESSES = 16
+CAP_PROBE = (
+    "import os, time\nmade = 0\nfor _ in range(64):\n    try:\n        if os.fork() == 0:\n"
+    "            time.sleep(3)\n            os._exit(0)\n        made += 1\n    except OSError:\n"
+    "        break\nprint(made)"
+)
+
+
+def _processes_capped(sandbox: Sandbox, image: str) -> tuple[bool, str]:
+    with sandbox.session(inputs=[image]) as s:
+        r = s.run(CAP_PROBE)
+    try:
+        made = int(r.stdout)
+    except ValueError:
+        return False, f"the probe did not run: {r.error}"
+    return 0 < made < SELFTEST_PROCESSES, f"{made} processes started, cap {SELFTEST_PROCESSES}"
+
 
 def _leftover_dies(sandbox: Sandbox, image: str) -> tuple[bool, str]:
-    """Start LEFTOVER_PROBE, close its session, and watch the child through a pidfd (no pid reuse)."""
+    """Start LEFTOVER_PROBE, close its session, and watch the child through a pidfd (no pid reuse). In a
+    lineage's PID namespace the printed pid is translated to ours through the worker's namespace."""
     with sandbox.session(inputs=[image]) as s:
         r = s.run(LEFTOVER_PROBE)
+        worker = s._handle.pid if s._handle is not None else 0
         try:
-            pidfd = os.pidfd_open(int(r.stdout))
-        except (ValueError, OSError):
-            return False, f"the probe did not start: {r.stdout.strip() or r.error}"
+            pid = host_pid(worker, int(r.stdout))
+            if pid is None:
+                raise ProcessLookupError(f"no process {int(r.stdout)} in the worker's PID namespace")
+            pidfd = os.pidfd_open(pid)
+        except (ValueError, OSError) as exc:
+            return False, f"the probe did not start: {r.stdout.strip() or r.error} ({exc})"
     start = time.monotonic()
     try:
         gone = bool(select.select([pidfd], [], [], 3.0)[0])
@@ -81,6 +106,7 @@ def run_selftest(
             timeout_s=timeout_s,
             pool_size=1,
             output_mb=SELFTEST_OUTPUT_MB,
+            max_processes=SELFTEST_PROCESSES,
             allow_weak_isolation=True,
             filesystem=filesystem,
         )
@@ -141,6 +167,7 @@ def run_selftest(
                 check("crash is an error", r.error is not None and not r.timed_out, (r.error or "")[:60])
                 r = s.run("print('alive')")
                 check("recovers after crash", r.stdout.strip() == "alive" and r.restarted, r.stdout.strip())
-            if {"cgroup", "reaper"} & set(sandbox.isolation):
+            if {"cgroup", "reaper", "lineage"} & set(sandbox.isolation):
                 check("what it started dies with it", *_leftover_dies(sandbox, image))
+                check("processes are capped", *_processes_capped(sandbox, image))
     return {"layers": layers, "checks": checks}

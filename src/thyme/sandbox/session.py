@@ -424,7 +424,7 @@ class Session:
                 self._discard_worker()
                 raise SandboxError("forking the session failed: the worker answered out of protocol")
             child._handle = handle
-            child._handle.share_uid(self._handle)  # a fork keeps its parent's uid and namespaces
+            child._handle.share_lineage(self._handle)  # a fork keeps its parent's uid and namespaces
             child._handle.zygote = self._handle.zygote
             child._enclosing = self._sandbox.enclose_later(child._handle)
             child._calls = self._calls
@@ -482,15 +482,18 @@ class Session:
         old = self._handle
         assert old is not None
         try:
-            _announce, new = self._request_branch({"op": "renew"}, "renewed")
+            announce, new = self._request_branch({"op": "renew"}, "renewed")
         except wire.WireError as exc:
             self._discard_worker()
             raise SandboxError(f"forking the session failed: its worker did not renew ({exc})") from None
         if new is None:
+            if isinstance(announce.get("refused"), str):  # the worker is fine; it could not fork
+                raise SandboxError(f"cannot fork: {announce['refused'][:500]}")
             self._discard_worker()
             raise SandboxError("forking the session failed: the worker answered out of protocol")
         new.uid, new.uid_pool, new.zygote, new.cgroup = old.uid, old.uid_pool, old.zygote, old.cgroup
-        old.cgroup = old.uid_pool = None  # the copy holds both now: kill the old process alone
+        new.lineage = old.lineage
+        old.cgroup = old.uid_pool = old.lineage = None  # the copy holds them now: kill the old process alone
         old.kill()
         self._handle = new
 

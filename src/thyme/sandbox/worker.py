@@ -242,7 +242,12 @@ def branch(
     kept (a dup of the parent's channel, say) must not let a new session talk on its parent's behalf.
     """
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
     if pid == 0:
         os.close(r)
         mine, theirs = socket.socketpair()
@@ -278,7 +283,11 @@ def fork_session(
         _rebase(state, new_output_dir)
         state.narrow(forks_dir)  # from now on this branch writes only its own tree
 
-    mine, pid = branch(sock, {"forked": True}, prepare)
+    try:
+        mine, pid = branch(sock, {"forked": True}, prepare)
+    except OSError as exc:
+        wire.send_frame(sock, {"refused": _no_fork(exc)})
+        return None
     if mine is None:
         wire.send_frame(sock, {"ok": True, "child": pid})
     return mine
@@ -287,11 +296,24 @@ def fork_session(
 def renew(sock: socket.socket) -> socket.socket:
     """Hand the session over to a single-threaded copy of this process, then exit (see the module doc).
     The copy keeps the files the session's code holds open; only the old channel goes."""
-    mine, _pid = branch(sock, {"renewed": True}, lambda: None, isolate=False)
+    try:
+        mine, _pid = branch(sock, {"renewed": True}, lambda: None, isolate=False)
+    except OSError as exc:
+        wire.send_frame(sock, {"refused": _no_fork(exc)})
+        return sock
     if mine is not None:
         return mine
     wire.send_frame(sock, {"ok": True})
     os._exit(0)
+
+
+def _no_fork(exc: OSError) -> str:
+    limit = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    cap = f" (at most {limit} processes and threads)" if limit != resource.RLIM_INFINITY else ""
+    return (
+        f"the session's process could not fork: {exc.strerror or exc}; a session, its forks and the "
+        f"processes they start share one process limit{cap}: close forks or raise max_processes"
+    )
 
 
 def _copy_outputs(src: str, dst: str) -> None:

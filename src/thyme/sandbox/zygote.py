@@ -6,9 +6,13 @@ It never runs model code itself. It enters the namespaces its workers share (`th
 including a private mount namespace for the size-capped output directories of the sessions below ROOT.
 Protocol on its control socket (FD):
 
-    {"ready", "namespaces", "quota_error", "view_dev", "view_error", "mounter"} (+ the mounter's socket)
+    {"ready", "namespaces", "quota_error", "view_dev", "view_error", "lineage_error", "mounter"}
+                                                                           (+ the mounter's socket)
                                                                            the greeting, once
-    {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker
+    {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker;
+                                          with limits["lineage"] {"pid": N, "init": M} + a second one, a
+                                          pidfd of the lineage's init (`thyme.sandbox.lineage`);
+                                          {"error": "..."} when no process could be forked
     {"op": "reap", "uid": N}          ->  {"ok": true} once every process running as the worker uid N is
                                           killed (root parents; N must lie in the sandbox's uid range)
 
@@ -71,21 +75,46 @@ def _become_subreaper() -> None:
 
 
 def spawn(ctl: socket.socket, limits: dict, mount_error: str | None) -> None:
-    from thyme.sandbox import worker
+    """Fork a worker (in a lineage of its own when `limits["lineage"]`) and hand the caller its channel.
+
+    A fork that fails (the user's process limit, no memory) is answered with an error, and the zygote goes
+    on serving: the caller decides whether to free processes and ask again.
+    """
+    from thyme.sandbox import wire, worker
 
     theirs, mine = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ctl.close()
-            theirs.close()
-            worker.serve(mine, limits, mount_error)
-        finally:
-            os._exit(0)
-    mine.close()
-    from thyme.sandbox import wire
 
-    wire.send_frame(ctl, {"pid": pid}, fds=(theirs.fileno(),))
+    def serve() -> None:
+        worker.serve(mine, limits, mount_error)
+
+    fds = [theirs.fileno()]
+    try:
+        if limits.get("lineage"):
+            from thyme.sandbox import confine, lineage
+
+            pid, init, pidfd = lineage.spawn(serve, confine.drop_capabilities, inherited=(ctl, theirs))
+            reply = {"pid": pid, "init": init}
+            fds.append(pidfd)
+        else:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ctl.close()
+                    theirs.close()
+                    serve()
+                finally:
+                    os._exit(0)
+            reply = {"pid": pid}
+    except OSError as exc:
+        theirs.close()
+        mine.close()
+        print(f"thyme sandbox zygote: could not start a worker: {exc}", file=sys.stderr, flush=True)
+        wire.send_frame(ctl, {"error": f"could not start a worker: {exc}"})
+        return
+    mine.close()
+    wire.send_frame(ctl, reply, fds=fds)
+    for fd in fds[1:]:
+        os.close(fd)
     theirs.close()
 
 
@@ -177,7 +206,7 @@ def _enter_view(root: str, mount_error: str | None) -> tuple[int | None, str | N
 def main() -> None:
     from thyme.sandbox import wire
 
-    ctl = socket.socket(fileno=int(sys.argv[1]))  # argv: FD ROOT [--namespaces] [--view]
+    ctl = socket.socket(fileno=int(sys.argv[1]))  # argv: FD ROOT [--namespaces] [--view] [--lineage]
     root = sys.argv[2]
     _become_subreaper()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
@@ -185,6 +214,11 @@ def main() -> None:
     from thyme.sandbox import confine
 
     namespaces = confine.enter_namespaces() if "--namespaces" in sys.argv else []
+    lineage_error = None
+    if "--lineage" in sys.argv:  # a user and a PID namespace per lineage (ordinary users)
+        from thyme.sandbox import lineage
+
+        lineage_error = lineage.probe()
     view = "--view" in sys.argv
     mount_error = confine.enter_mount_namespace(root, runtime_view=not view)
     if mount_error is None:
@@ -200,6 +234,7 @@ def main() -> None:
         "quota_error": quota_error,
         "view_dev": view_dev,
         "view_error": view_error,
+        "lineage_error": lineage_error,
     }
     if quota_error is None:
         hello["mounter"], mounter = start_mounter(ctl, root)
