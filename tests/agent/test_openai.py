@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -307,6 +308,22 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(server, image):
     assert left < full // 2, f"the generation ran {left} of {full} steps for a client that had gone"
     status, again = post(server, laugh_payload(image))  # the server is fine
     assert status == 200 and again["choices"][0]["message"]["content"] == LAUGH_TEXT
+
+
+def test_a_stream_to_a_client_sending_connection_close_arrives_whole(server, image):
+    """urllib sends `Connection: close`; the live stream must still come, whole, and end with [DONE]."""
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=json.dumps({**laugh_payload(image), "stream": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200 and response.headers["Connection"] == "close"
+        events = [line[6:] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == LAUGH_TEXT
+    assert len(chunks) > 10  # token by token, not in one piece
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,20 @@
 """`thyme serve`: the whole loop behind an OpenAI-compatible endpoint, on the scripted tiny model and the
-real sandbox, reached over real HTTP on 127.0.0.1 (in-process server, and the CLI as a subprocess)."""
+real sandbox, reached over real HTTP on 127.0.0.1 (in-process server, and the CLI as a subprocess); streaming
+through the official `openai` client and through urllib (which sends `Connection: close`)."""
 
 from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
+import openai
 import pytest
 from PIL import Image
 
@@ -117,3 +122,117 @@ def test_thyme_serve_cli(scripted_model_dir, noise_png, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+# -- streaming -----------------------------------------------------------------------------------------
+def stream_chunks(server, payload: dict, on_chunk=None) -> list[tuple[dict | None, str, object]]:
+    """The stream of `payload` through the official client: (thyme object, content delta, chunk) each."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="t0k", max_retries=0)
+    extra = {k: payload[k] for k in ("thyme",) if k in payload}
+    with client.chat.completions.create(
+        model="scripted", messages=payload["messages"], stream=True,
+        stream_options={"include_usage": True}, extra_body=extra or None,
+    ) as stream:  # fmt: skip
+        seen = []
+        for chunk in stream:
+            thyme = (chunk.model_extra or {}).get("thyme")
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            seen.append((thyme, delta or "", chunk))
+            if on_chunk is not None:
+                on_chunk(thyme)
+    return seen
+
+
+def test_openai_client_streams_each_step_live(server, scripted_backend, noise_png):
+    payload = ask(noise_png, "What is six times seven?")
+    _, whole = post(server.url, payload)
+    live = []  # for each text chunk: was the model still generating when it arrived?
+
+    def note_text(thyme) -> None:
+        if thyme and thyme["type"] == "text":
+            live.append(scripted_backend._lock.locked())
+
+    seen = stream_chunks(server, payload, note_text)
+    kinds = [t["type"] for t, _, _ in seen if t]
+    # text as generated (many pieces), the code, the sandbox output, the next step's text, the answer
+    assert kinds[0] == "text" and kinds[-1] == "final"
+    code_at, obs_at = kinds.index("code"), kinds.index("observation")
+    assert set(kinds[:code_at]) == {"text"} and code_at > 3 and obs_at == code_at + 1
+    assert set(kinds[obs_at + 1 : -1]) == {"text"}
+    assert live[0], "the first text arrived only after the step's generation had ended"
+    # the pieces join to exactly the non-streamed turn
+    assert "".join(delta for _, delta, _ in seen) == whole["choices"][0]["message"]["content"]
+    by_kind = {t["type"]: (t, delta) for t, delta, _ in seen if t}
+    assert by_kind["code"][0]["code"] == "print(6 * 7)" and by_kind["code"][1] == ""
+    observation, fed = by_kind["observation"]
+    assert fed == "<sandbox_output>42</sandbox_output>" and observation["stdout"].strip() == "42"
+    assert observation["images"] == [] and observation["error"] is None
+    final = by_kind["final"][0]
+    assert (final["answer"], final["reason"], final["tool_calls"]) == ("42", "answer", 1)
+    assert final["trajectory"]["schema"] == "thyme.trajectory/1"
+    final_chunk = next(c for t, _, c in seen if t and t["type"] == "final")
+    assert final_chunk.choices[0].finish_reason == "stop"
+    usage = seen[-1][2]
+    assert usage.choices == [] and usage.usage.completion_tokens == whole["usage"]["completion_tokens"]
+
+
+def test_streamed_observations_carry_their_images(server, noise_png):
+    seen = stream_chunks(server, ask(noise_png, "Zoom in on the corner."))
+    observation, fed = next((t, d) for t, d, _ in seen if t and t["type"] == "observation")
+    assert fed == "<sandbox_output><image></sandbox_output>" and len(observation["images"]) == 1
+    url = observation["images"][0]
+    assert url.startswith("data:image/png;base64,")
+    crop = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert crop.size[0] > 0 and crop.size[1] > 0
+    assert next(t for t, _, _ in seen if t and t["type"] == "final")["answer"] == "red"
+
+
+def test_streamed_direct_answers_and_request_errors(server, noise_png):
+    seen = stream_chunks(server, ask(noise_png, "What is six times seven?", thyme={"tools": False}))
+    kinds = {t["type"] for t, _, _ in seen if t}
+    assert kinds == {"text", "final"}
+    text_only = {"model": "scripted", "messages": [{"role": "user", "content": "What is six times seven?"}]}
+    with pytest.raises(openai.BadRequestError, match="exactly one image"):
+        stream_chunks(server, text_only)  # refused before anything streamed: a plain 400
+
+
+def test_a_stream_to_a_client_sending_connection_close_arrives_whole(server, noise_png):
+    """urllib sends `Connection: close`; the stream must still come, whole, and end with [DONE]."""
+    body = json.dumps({**ask(noise_png, "What is six times seven?"), "stream": True}).encode()
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer t0k"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+        events = [line[6:] for line in response.read().decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["thyme"]["answer"] == "42"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).endswith("</answer>")
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_run(server, scripted_backend, noise_png):
+    stats = scripted_backend.stats
+    before = stats["decode_steps"]
+    status, whole = post(server.url, ask(noise_png, "Count forever."))
+    assert status == 200 and whole["thyme"]["tool_calls"] == 3
+    full = stats["decode_steps"] - before
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="t0k", max_retries=0)
+    payload = ask(noise_png, "Count forever.")
+    stream = client.chat.completions.create(model="scripted", messages=payload["messages"], stream=True)
+    for chunk in stream:
+        if (chunk.model_extra or {}).get("thyme", {}).get("type") == "text":
+            break
+    stream.close()
+    client.close()
+    artifacts = server.agent.artifacts_dir
+    deadline = time.monotonic() + 30
+    while any(artifacts.iterdir()):  # the aborted run removes its trajectory's folder when it ends
+        assert time.monotonic() < deadline, "the run went on for a client that had gone"
+        time.sleep(0.05)
+    left = stats["decode_steps"] - before - full
+    assert left < full // 2, f"the run generated {left} of {full} tokens for a client that had gone"
+    status, again = post(server.url, ask(noise_png, "What is six times seven?"))  # the server is fine
+    assert status == 200 and again["thyme"]["answer"] == "42"

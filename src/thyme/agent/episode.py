@@ -31,11 +31,13 @@ from thyme.agent.conversation import Conversation
 from thyme.agent.events import CodeCall, Error, Event, Final, FinalReason, ModelText, Observation, Resample
 from thyme.protocol import (
     ANSWER_CLOSE,
+    IMAGE_PLACEHOLDER,
     STOP_STRINGS,
     ImagePart,
     PromptPreset,
     TextPart,
     extract_answer,
+    flatten_parts,
     pending_code,
     render_feedback,
     restore_stop_string,
@@ -200,7 +202,8 @@ class Episode:
             text = result.text if not note else (result.text + "\n" + note).strip()
             parts = render_feedback(text, images)
             self.conversation.add_feedback(parts)
-            events.append(self._observation(result, images, fed_back=True, note=note))
+            feedback = flatten_parts(parts, IMAGE_PLACEHOLDER)
+            events.append(self._observation(result, images, fed_back=True, note=note, feedback=feedback))
         self.events.extend(events)
         self.timings["overhead_s"] += time.perf_counter() - started
         return events
@@ -240,7 +243,9 @@ class Episode:
             note = f"[{len(images) - room} image(s) not shown: the limit of {limit} was reached]"
         return kept, note
 
-    def _observation(self, result, images, *, fed_back: bool, note: str | None = None) -> Observation:
+    def _observation(
+        self, result, images, *, fed_back: bool, note: str | None = None, feedback: str = ""
+    ) -> Observation:
         return Observation(
             step=self.step,
             stdout=result.stdout,
@@ -251,6 +256,7 @@ class Episode:
             duration_s=result.duration_s,
             fed_back=fed_back,
             note=note,
+            feedback=feedback,
         )
 
     def _no_answer(self, reason: FinalReason) -> list[Event]:

@@ -61,6 +61,7 @@ class Observation:
     duration_s: float
     fed_back: bool = True
     note: str | None = None  # e.g. the image limit was reached
+    feedback: str = ""  # what it added to the turn (`<sandbox_output>...`, `<image>` per image), or ""
 
     @property
     def ok(self) -> bool:

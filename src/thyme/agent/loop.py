@@ -33,7 +33,7 @@ from typing import Any
 
 from PIL import Image
 
-from thyme.agent.backends.base import Backend, BackendError, load_backend
+from thyme.agent.backends.base import Backend, BackendError, TokenCallback, TokenStreaming, load_backend
 from thyme.agent.config import AgentConfig
 from thyme.agent.episode import Episode, Prompt
 from thyme.agent.events import Event
@@ -146,16 +146,27 @@ class Agent:
         tools: bool = True,
         on_event: EventCallback | None = None,
         config: AgentConfig | None = None,
+        on_tokens: TokenCallback | None = None,
     ) -> Trajectory:
         """Answer `question` about `image`; `tools=False` asks for a direct answer without code.
 
-        config: this run's `AgentConfig` instead of the agent's (a server's per-request sampling, say).
+        config:    this run's `AgentConfig` instead of the agent's (a server's per-request sampling, say).
+        on_tokens: live text: called after every generated token with the ids this step has generated so
+                   far (a new step starts from none); returning False ends the step there. Needs a backend
+                   that streams tokens (`thyme.agent.backends.base.TokenStreaming`: transformers).
+        An exception raised by `on_event` ends the run (the session is closed) and propagates.
         """
+        if on_tokens is not None and not isinstance(self.backend, TokenStreaming):
+            raise TypeError(f"the {self.backend.name} backend does not stream tokens; leave on_tokens out")
         episode, session = self._open(Task(question, image), tools, config)
-        with self._closing(session):
-            for event in self._drive(episode, session):
-                if on_event is not None:
-                    on_event(0, event)
+        try:
+            with self._closing(session):
+                for event in self._drive(episode, session, on_tokens):
+                    if on_event is not None:
+                        on_event(0, event)
+        except BaseException:
+            shutil.rmtree(episode.artifacts, ignore_errors=True)  # no trajectory will reference them
+            raise
         return self._trajectory(episode)
 
     def stream(
@@ -166,10 +177,13 @@ class Agent:
         with self._closing(session):
             yield from self._drive(episode, session)
 
-    def _drive(self, episode: Episode, session) -> Iterator[Event]:
+    def _drive(self, episode: Episode, session, on_tokens: TokenCallback | None = None) -> Iterator[Event]:
         while (request := episode.request()) is not None:
             try:
-                generation = self.backend.generate([request])[0]
+                if on_tokens is None:
+                    generation = self.backend.generate([request])[0]
+                else:
+                    generation = self.backend.generate([request], on_tokens=on_tokens)[0]
             except BackendError as exc:
                 yield from episode.on_error(exc)
                 return

@@ -13,7 +13,24 @@ and the trajectory itself (`thyme.trajectory/1`, image paths left out).
         {"type": "text", "text": "What is written on the sign?"}]}],
       "thyme": {"tools": true, "max_steps": 5}}'
 
-The HTTP side (auth, limits, errors, streaming) is the generation server's (`thyme.serve.generation`);
+With `"stream": true` the run streams as it goes, as OpenAI chat-completion chunks (server-sent events), so
+any OpenAI client's streaming shows the steps live. After the role chunk, every chunk has a `thyme` object
+whose `type` says what it is:
+    text         the model's text as it is generated (`delta.content`; live with the transformers backend,
+                 one piece per step otherwise), `step`
+    code         the code block the step just closed (`code`; its text already came as `text`)
+    observation  the sandbox's result (`stdout`, `error`, `timed_out`, `repairs`, `note`, `images` as data
+                 URLs); `delta.content` is the output as fed back (`<sandbox_output>...</sandbox_output>`)
+    resample     the step was rolled back (on_error="resample"): its text, already sent, is not in the turn
+    error        the loop failed (`message`, `category`); an OpenAI error event follows
+    final        with `finish_reason`: `answer`, `reason`, `steps`, `tool_calls`, `trajectory` (as above)
+then the usage chunk when `stream_options.include_usage`, then `[DONE]`. The `delta.content` pieces join to
+the non-streamed `message.content`, except that a rolled-back step's text stays in the stream and a
+direct-answer fallback's text (reason "fallback") is streamed after the turn. A client that disconnects ends
+the run at the next token. Errors found before the first chunk (a bad request, an unreadable image) are plain
+JSON errors with their status.
+
+The HTTP side (auth, limits, errors, the event stream) is the generation server's (`thyme.serve.generation`);
 this module only replaces what one completion does. Sampling fields of the request (`temperature`,
 `top_p`, `top_k`, `seed`, `max_tokens` per step) override the agent's; without `temperature` the agent's
 own decoding applies (greedy by default). Requests run concurrently; the backend serialises generation.
@@ -21,13 +38,21 @@ own decoding applies (greedy by default). Requests run concurrently; the backend
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import mimetypes
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from thyme.agent import Agent, AgentConfig, InputError
-from thyme.serve.generation import GenerationServer
+from thyme.agent.backends.base import TokenStreaming
+from thyme.agent.events import CodeCall, Error, Event, ModelText, Observation, Resample
+from thyme.agent.trajectory import Trajectory
+from thyme.protocol import STOP_STRINGS
+from thyme.serve.generation import ROLE_DELTA, GenerationServer, LiveText
 from thyme.serve.openai_api import ApiError, ChatRequest, Completion
 
 
@@ -79,22 +104,54 @@ class AgentServer(GenerationServer):
         return AgentRequest(**fields, config=run_config, tools=bool(options.get("tools", True)))
 
     def complete(self, request: AgentRequest, on_text=None, head: dict | None = None) -> AgentCompletion:
-        """Run the whole loop; a stream gets the run's text in one piece when it ends (`on_text` unused)."""
-        head = head or self.head()
+        """Run the whole loop and answer with the turn (`on_text` unused: `stream` streams the loop)."""
+        traj = self._run(request)
+        try:
+            return self._completion(request, traj, head or self.head())
+        finally:
+            shutil.rmtree(traj.root, ignore_errors=True)
+
+    def stream(self, request: AgentRequest, emit: Callable[[dict[str, Any]], bool]) -> None:
+        """Run the loop and stream it as it goes: the model's text as generated, each code block, each
+        sandbox output with its images, the answer (see the module docstring for the chunks). Nothing is
+        sent before the first step produces something, so input errors are still plain 400s."""
+        head = self.head()
+        live = _LiveRun(self, head, emit)
+        tokens = live.on_tokens if isinstance(self.agent.backend, TokenStreaming) else None
+        try:
+            traj = self._run(request, on_event=live.on_event, on_tokens=tokens)
+        except _ClientGone:
+            return
+        try:
+            completion = self._completion(request, traj, head)
+        finally:
+            shutil.rmtree(traj.root, ignore_errors=True)
+        try:
+            final = {"type": "final", **completion.thyme}
+            live.send("", final, finish=(completion.finish_reason, completion.stop_reason))
+        except _ClientGone:
+            return
+        if request.include_usage:
+            emit({**self.chunk(head, {}), "choices": [], "usage": completion.usage()})
+
+    def _run(self, request: AgentRequest, **hooks: Any) -> Trajectory:
+        """The agent's trajectory for the request's question and image (hooks: `Agent.run`'s callbacks)."""
         question, image = _question_and_image(request)
         with tempfile.TemporaryDirectory(prefix="thyme-serve-") as tmp:
             path = Path(tmp) / "image.png"
             image.save(path)
             try:
-                traj = self.agent.run(
-                    image=path, question=question, tools=request.tools, config=request.config
+                return self.agent.run(
+                    image=path, question=question, tools=request.tools, config=request.config, **hooks
                 )
             except InputError as exc:  # the question or image the loop cannot take (parsing caught most)
                 raise ApiError(400, str(exc), param="messages") from None
-            record = traj.to_dict()
+
+    def _completion(self, request: AgentRequest, traj: Trajectory, head: dict[str, Any]) -> AgentCompletion:
         final = traj.final
         if final is not None and final.reason == "error":
             raise ApiError(502, f"the run failed: {traj.error}", type_="server_error")
+        record = traj.to_dict()
         for piece in record["assistant"]:
             piece.pop("image", None)
         record["image"] = None
@@ -107,7 +164,6 @@ class AgentServer(GenerationServer):
             completion_tokens=tokens["completion"],
             id=head["id"],
             created=head["created"],
-            pieces=(traj.text,) if request.stream else (),
             thyme={
                 "answer": traj.answer,
                 "reason": final.reason if final else None,
@@ -119,6 +175,88 @@ class AgentServer(GenerationServer):
 
     def response(self, c: AgentCompletion) -> dict[str, Any]:
         return {**super().response(c), "thyme": c.thyme}
+
+
+class _ClientGone(Exception):
+    """The streaming client went away: end the run."""
+
+
+class _LiveRun:
+    """Turns one run's events (and, with a token-streaming backend, its tokens) into stream chunks.
+
+    Content deltas carry the turn exactly as `message.content` would: the model's text as it is generated
+    (never past a stop string nor into a partial character), then each sandbox output as fed back. Every
+    chunk after the role says what it is in `thyme.type`.
+    """
+
+    def __init__(self, server: AgentServer, head: dict[str, Any], emit: Callable[[dict[str, Any]], bool]):
+        self.server, self.head, self.emit = server, head, emit
+        self.started = False
+        self.step = 1  # the step being generated
+        self.text: LiveText | None = None  # this step's live text, while tokens arrive
+
+    def send(self, content: str, thyme: dict[str, Any], finish: tuple[str, str | None] | None = None) -> None:
+        """One chunk (after the role chunk, sent first); `_ClientGone` when the client has left."""
+        chunk = self.server.chunk
+        if not self.started:
+            self.started = True
+            if not self.emit(chunk(self.head, ROLE_DELTA)):
+                raise _ClientGone
+        delta = {"content": content} if content else {}
+        if not self.emit({**chunk(self.head, delta, *(finish or (None, None))), "thyme": thyme}):
+            raise _ClientGone
+
+    def on_tokens(self, ids: list[int]) -> bool:
+        if self.text is None:
+            backend = self.server.agent.backend
+            self.text = LiveText(backend, STOP_STRINGS, True, self._text_delta)
+        return self.text.on_tokens(ids)
+
+    def _text_delta(self, delta: str) -> bool:
+        if delta:
+            try:
+                self.send(delta, {"type": "text", "step": self.step})
+            except _ClientGone:
+                return False
+        return True
+
+    def on_event(self, _index: int, event: Event) -> None:
+        live, self.text = self.text, None
+        if isinstance(event, ModelText):
+            rest = live.rest(event.text) if live is not None else event.text
+            if rest:
+                self.send(rest, {"type": "text", "step": event.step})
+            self.step = event.step + 1
+        elif isinstance(event, CodeCall):
+            self.send("", {"type": "code", "step": event.step, "code": event.code})
+        elif isinstance(event, Observation):
+            self.send(event.feedback, _observation(event))
+        elif isinstance(event, Resample):
+            self.step = event.step
+            self.send("", {"type": "resample", "step": event.step, "attempt": event.attempt,
+                           "reason": event.reason})  # fmt: skip
+        elif isinstance(event, Error):
+            self.send("", {"type": "error", "step": event.step, "message": event.message,
+                           "category": event.category})  # fmt: skip
+
+
+def _observation(event: Observation) -> dict[str, Any]:
+    """An observation for a stream chunk: its fields, images as data URLs."""
+    images = []
+    for path in event.images:
+        kind = mimetypes.guess_type(path.name)[0] or "image/png"
+        images.append(f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode())
+    return {
+        "type": "observation",
+        "step": event.step,
+        "stdout": event.stdout,
+        "error": event.error,
+        "timed_out": event.timed_out,
+        "repairs": list(event.repairs),
+        "fed_back": event.fed_back,
+        "note": event.note,
+        "images": images,
+    }
 
 
 def _question_and_image(request: ChatRequest):

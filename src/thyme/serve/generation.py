@@ -182,7 +182,7 @@ class GenerationServer:
         with self._lock:  # the tokenizer is not safe to share across threads either
             live = None
             if on_text is not None:
-                live = _LiveText(self.backend, request.stops, request.include_stop, on_text)
+                live = LiveText(self.backend, request.stops, request.include_stop, on_text)
             gen = self.backend.generate_rendered(
                 prompt,
                 request.images,
@@ -213,6 +213,28 @@ class GenerationServer:
             created=head["created"],
             pieces=tuple(p for p in pieces if p),
         )
+
+    def stream(self, request: ChatRequest, emit: Callable[[dict[str, Any]], bool]) -> None:
+        """Answer `request` as stream chunks handed to `emit` as they are ready (`emit` returns False once the
+        client is gone: the generation stops). The first chunk goes out with the first generated token, so
+        an error found before (a prompt that fills the context) is still raised as an `ApiError`."""
+        head = self.head()
+        state = {"role_sent": False, "alive": True}
+
+        def on_text(delta: str) -> bool:
+            if not state["role_sent"]:
+                state["role_sent"] = True
+                state["alive"] = emit(self.chunk(head, ROLE_DELTA))
+            if delta and state["alive"]:
+                state["alive"] = emit(self.chunk(head, {"content": delta}))
+            return state["alive"]
+
+        completion = self.complete(request, on_text, head)
+        if not state["alive"]:
+            return
+        for chunk in self.chunks(completion, request.include_usage, role_sent=state["role_sent"]):
+            if not emit(chunk):
+                return
 
     def head(self) -> dict[str, Any]:
         """A new completion's id and created time, as every stream chunk repeats them."""
@@ -260,7 +282,7 @@ class GenerationServer:
 ROLE_DELTA = {"role": "assistant", "content": ""}
 
 
-class _LiveText:
+class LiveText:
     """Turns the ids generated so far into content that is safe to send already: never past the first
     requested stop string, nor into a tail that may still grow into one; never a partial UTF-8 character or
     an end-of-sequence token. What it sent is always a prefix of the final content (byte-level BPE decodes
@@ -395,42 +417,47 @@ class _Handler(JSONHandler):
             self.send_json(500, ApiError(500, message, type_="server_error").body)
 
     def _stream(self, app: GenerationServer, request: ChatRequest) -> None:
-        """Server-sent events as the text is generated, in HTTP/1.1 chunked encoding so that the connection
-        stays reusable. The response starts with the first piece of text: an error found before (a prompt
-        that fills the context) is still a plain JSON error."""
-        head = app.head()
-        started = False
+        """Server-sent events as the app produces chunks, in HTTP/1.1 chunked encoding (the connection stays
+        reusable unless the client asked to close it). The response starts with the app's first chunk: an
+        error raised before is still a plain JSON error; one raised after is an OpenAI error event (which
+        OpenAI clients raise), then `[DONE]`."""
+        started = gone = False
 
         def send(chunk: dict[str, Any] | None) -> bool:
-            nonlocal started
+            nonlocal started, gone
+            if gone:
+                return False
             try:
                 if not started:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.send_header("Cache-Control", "no-cache")
                     self.send_header("Transfer-Encoding", "chunked")
+                    if self.close_connection:  # the client sent `Connection: close`
+                        self.send_header("Connection", "close")
                     self.end_headers()
                     started = True
                 data = b"data: [DONE]\n\n" if chunk is None else _event(chunk)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
                 return True
-            except OSError:  # the client went away: stop generating for it
-                self.close_connection = True
+            except OSError:  # the client went away: stop working for it
+                gone = self.close_connection = True
                 return False
 
-        def on_text(delta: str) -> bool:
-            if not started and not send(app.chunk(head, ROLE_DELTA)):
-                return False
-            return send(app.chunk(head, {"content": delta})) if delta else not self.close_connection
-
-        completion = app.complete(request, on_text, head)
-        if self.close_connection:
-            return
-        for chunk in app.chunks(completion, request.include_usage, role_sent=started):
-            if not send(chunk):
-                return
-        if send(None):
+        try:
+            app.stream(request, send)
+        except ApiError as exc:
+            if not started:
+                raise
+            send(exc.body)
+        except Exception as exc:
+            if not started:
+                raise
+            log.exception("streaming %s failed", self.path)
+            message = f"internal server error ({type(exc).__name__}); see the server log"
+            send(ApiError(500, message, type_="server_error").body)
+        if started and send(None):
             with contextlib.suppress(OSError):
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -110,6 +110,26 @@ class Backend(Protocol):
     async def agenerate(self, request: GenerationRequest) -> Generation: ...
 
     def close(self) -> None: ...
+
+
+TokenCallback = Callable[[list[int]], bool]
+
+
+@runtime_checkable
+class TokenStreaming(Protocol):
+    """A backend that streams one request's tokens as they are generated (a server's live text).
+
+    `generate([request], on_tokens=f)` calls `f` after every token with the ids generated so far in this
+    step; returning False ends the step there. `tokenizer` decodes the ids; `eos_ids` are the ids that end
+    a sequence (not text).
+    """
+
+    tokenizer: Any
+    eos_ids: set[int]
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], on_tokens: TokenCallback | None = None
+    ) -> list[Generation]: ...
 
 
 # name -> "module:Class"; each class has `from_pretrained(model, **options)`.

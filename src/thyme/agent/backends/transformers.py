@@ -195,9 +195,21 @@ class TransformersBackend:
 
         return (await asyncio.to_thread(self.generate, [request]))[0]
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """Generate one step for each request; requests with equal sampling settings share a batch."""
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_tokens: Callable[[list[int]], bool] | None = None,
+    ) -> list[Generation]:
+        """Generate one step for each request; requests with equal sampling settings share a batch.
+
+        on_tokens: stream a one-request step: called after every token with the ids generated so far;
+        returning False ends the step there (see `TokenStreaming`).
+        """
+        if on_tokens is not None and len(requests) != 1:
+            raise ValueError("on_tokens streams one request; generate the others without it")
         with self._lock:
+            if on_tokens is not None:
+                return self._generate_group(list(requests), on_tokens)
             return self._generate(requests)
 
     def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -213,10 +225,12 @@ class TransformersBackend:
                 results[i] = generation
         return [r for r in results if r is not None]
 
-    def _generate_group(self, requests: list[GenerationRequest]) -> list[Generation]:
+    def _generate_group(
+        self, requests: list[GenerationRequest], on_tokens: Callable[[list[int]], bool] | None = None
+    ) -> list[Generation]:
         start = time.perf_counter()
         encoded = [self._encode(r.conversation, r.state) for r in requests]
-        return self._generate_encoded(requests, encoded, start)
+        return self._generate_encoded(requests, encoded, start, on_tokens)
 
     def _generate_encoded(
         self,
