@@ -138,6 +138,15 @@ def serve(
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Loop mode: run even when a sandbox layer is missing."
     ),
+    sandbox_url: list[str] = typer.Option(
+        None,
+        "--sandbox-url",
+        help="Loop mode: run the code on `thyme sandbox serve` hosts instead of a local sandbox; repeat the "
+        "flag or separate URLs by commas (sessions go to the least loaded host that answers).",
+    ),
+    sandbox_token_file: pathlib.Path | None = typer.Option(
+        None, help="File holding the sandbox hosts' bearer token (with --sandbox-url)."
+    ),
 ) -> None:
     """OpenAI-compatible /v1/chat/completions: the whole loop server-side (or, with --raw, generation)."""
     from thyme.agent import AgentConfig, BackendError
@@ -159,6 +168,7 @@ def serve(
         check_port(port, "--port")  # both before the model loads
         check_device(device, "--device")
         token = read_token_file(token_file) if token_file is not None else None
+        sandbox_token = read_token_file(sandbox_token_file) if sandbox_token_file is not None else None
         if raw:
             serve_generation(
                 model, host, port, token=token, model_name=served_name, device=device, on_ready=ready
@@ -172,6 +182,8 @@ def serve(
                 model_name=served_name,
                 config=AgentConfig(max_steps=max_steps),
                 sandbox_config=SandboxConfig(allow_weak_isolation=allow_weak_isolation),
+                sandbox_urls=sandbox_url or None,
+                sandbox_token=sandbox_token,
                 on_ready=ready,
                 device=device,
             )

@@ -236,3 +236,50 @@ def test_a_client_that_leaves_mid_stream_ends_the_run(server, scripted_backend, 
     assert left < full // 2, f"the run generated {left} of {full} tokens for a client that had gone"
     status, again = post(server.url, ask(noise_png, "What is six times seven?"))  # the server is fine
     assert status == 200 and again["thyme"]["answer"] == "42"
+
+
+# -- sandbox hosts ---------------------------------------------------------------------------------------
+def test_the_loop_runs_its_code_on_remote_sandbox_hosts(scripted_backend, agent_sandbox, noise_png):
+    """`thyme serve --sandbox-url A,B`: the agent's sessions live on `thyme sandbox serve` hosts (two real
+    servers on loopback here), answers and fed-back images come through them, streamed or not."""
+    from thyme.sandbox.server import SandboxServer, ServerConfig
+    from thyme.serve.agent import remote_sandbox
+
+    with (
+        SandboxServer(agent_sandbox, ServerConfig(port=0, token="sb")) as host_a,
+        SandboxServer(agent_sandbox, ServerConfig(port=0, token="sb")) as host_b,
+    ):
+        host_a.start()
+        host_b.start()
+        remote = remote_sandbox(f"{host_a.url},{host_b.url}", "sb")
+        config = AgentConfig(sampling=SamplingParams(max_new_tokens=160))
+        agent = Agent(scripted_backend, config=config, sandbox=remote)
+        try:
+            with AgentServer(agent, "127.0.0.1", 0, token="t0k", model_name="scripted") as srv:
+                srv.start()
+                status, body = post(srv.url, ask(noise_png, "What is six times seven?"))
+                assert status == 200 and body["thyme"]["answer"] == "42", body
+                seen = stream_chunks(srv, ask(noise_png, "Zoom in on the corner."))
+                observation = next(t for t, _, _ in seen if t and t["type"] == "observation")
+                assert len(observation["images"]) == 1 and seen[-2][0]["answer"] == "red"
+            assert all(h["sessions"] == 0 for h in remote.hosts())  # every session was closed
+            assert host_a.service.health()["sessions"] == host_b.service.health()["sessions"] == 0
+        finally:
+            agent.close()
+            remote.close()
+
+
+@pytest.mark.parametrize(
+    ("urls", "words"),
+    [
+        (["http://127.0.0.1:1", "http://127.0.0.1:2"], "no sandbox host answers"),
+        (["nope"], "a sandbox URL must look like http://host:port"),
+    ],
+)
+def test_thyme_serve_refuses_sandbox_hosts_it_cannot_use(urls, words):
+    flags = [arg for url in urls for arg in ("--sandbox-url", url)]
+    result = subprocess.run(
+        [sys.executable, "-m", "thyme", "serve", "--model", "unused", "--port", "0", *flags],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and words in result.stderr, result.stderr

@@ -43,7 +43,7 @@ import dataclasses
 import mimetypes
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from thyme.agent.backends.base import TokenStreaming
 from thyme.agent.events import CodeCall, Error, Event, ModelText, Observation, Resample
 from thyme.agent.trajectory import Trajectory
 from thyme.protocol import STOP_STRINGS
+from thyme.sandbox.client import SandboxClient, ServiceError
 from thyme.serve.generation import ROLE_DELTA, GenerationServer, LiveText
 from thyme.serve.openai_api import ApiError, ChatRequest, Completion
 
@@ -290,14 +291,54 @@ def serve_agent(
     model_name: str | None = None,
     config: AgentConfig | None = None,
     sandbox_config=None,
+    sandbox_urls: str | Sequence[str] | None = None,
+    sandbox_token: str | None = None,
     on_ready=None,
     **backend_options: Any,
 ) -> None:
-    """Load `model` (transformers backend) and serve the loop until SIGINT or SIGTERM."""
+    """Load `model` (transformers backend) and serve the loop until SIGINT or SIGTERM.
+
+    sandbox_urls: run the code on these `thyme sandbox serve` hosts (a list, or comma-separated; sessions
+                  spread over them, see `thyme.sandbox.client`) instead of a local sandbox pool.
+    """
     from thyme.httpd import check_port, serve_until_signal
 
     check_port(port)
-    agent = Agent.from_pretrained(model, config=config, sandbox_config=sandbox_config, **backend_options)
-    _ = agent.sandbox  # start the pool now: a missing confinement layer fails here, not on the first request
-    server = AgentServer(agent, host, port, token, model_name=model_name or model)
-    serve_until_signal(server, on_ready, also_close=agent.close)
+    remote = None
+    if sandbox_urls:
+        remote = remote_sandbox(sandbox_urls, sandbox_token)
+    try:
+        agent = Agent.from_pretrained(
+            model, config=config, sandbox=remote, sandbox_config=sandbox_config, **backend_options
+        )
+        _ = agent.sandbox  # start the pool now: a missing confinement layer fails here, not at a request
+        server = AgentServer(agent, host, port, token, model_name=model_name or model)
+    except BaseException:
+        if remote is not None:
+            remote.close()
+        raise
+
+    def close() -> None:
+        agent.close()
+        if remote is not None:
+            remote.close()
+
+    serve_until_signal(server, on_ready, also_close=close)
+
+
+def remote_sandbox(urls: str | Sequence[str], token: str | None) -> SandboxClient:
+    """A client over the sandbox hosts `urls`, after checking that at least one answers (a `ValueError`
+    that names them otherwise); hosts that do not answer yet are retried by the client later."""
+    client = SandboxClient(urls, token=token)
+    failures = []
+    for url in client.urls:
+        try:
+            client.health(url)
+        except ServiceError as exc:
+            failures.append(str(exc))
+    if len(failures) == len(client.urls):
+        client.close()
+        raise ValueError(
+            f"no sandbox host answers ({'; '.join(failures)}); start `thyme sandbox serve` there"
+        )
+    return client
