@@ -9,12 +9,14 @@ Every case plays the model: it runs attacking code in a session of a real sandbo
 
 The sandbox refuses to start without its required layers (Landlock, namespaces, the uid, seccomp), so every
 case runs against all of them. The cgroup and disk_quota layers are optional: the cases only they can win
-are strict xfails while they are missing from `sandbox.isolation`, and must pass where they are active. A
-case that fails here is a hole, not a flaky test. Nothing is unbounded: no fork bomb, no thread pool burning
-cores, no write beyond a few tens of MB (the disk cases run with an 8 MB quota and a 32 MB file_mb); every
-process an attack starts ends by itself within a few seconds, and the attacks that touch real host state
-write back the value already there (the host name) or aim at a process the test started (signals,
-scheduling).
+are strict xfails while they are missing from `sandbox.isolation`, and must pass where they are active;
+processes that outlive their session, and the fork bomb, need one of cgroup, reaper (root parents) or
+lineage (ordinary users). A case that fails here is a hole, not a flaky test. Nothing is unbounded: the
+module's sandbox starts inside an outer process limit of the test's own (OUTER_PROCESSES more processes of
+this user), the fork bomb stops by itself after a few seconds, no thread pool burns cores, no write goes
+beyond a few tens of MB (the disk cases run with an 8 MB quota and a 32 MB file_mb); every process an attack
+starts ends by itself within a few seconds, and the attacks that touch real host state write back the value
+already there (the host name) or aim at a process the test started (signals, scheduling).
 
 Run: .venv/bin/pytest -q tests/sandbox/test_attacks.py
 """
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 import pytest
 from filesystems import FILESYSTEMS
 from PIL import Image
-from sandbox_procs import pid_alive
+from sandbox_procs import LineageWatch, pid_alive, process_limit
 
 from thyme.sandbox import ExecutionResult, Sandbox, SandboxConfig, Session
 from thyme.sandbox.soak import output_mounts
@@ -57,9 +59,12 @@ SECRET = "thyme-attack-secret-" + uuid.uuid4().hex
 HEARD_WAIT_S = 0.3
 
 
+OUTER_PROCESSES = 512
+
+
 @pytest.fixture(scope="module", params=FILESYSTEMS)  # every case, under Landlock and the filesystem view
 def sandbox(request):
-    with Sandbox(dataclasses.replace(CONFIG, filesystem=request.param)) as sb:
+    with process_limit(OUTER_PROCESSES), Sandbox(dataclasses.replace(CONFIG, filesystem=request.param)) as sb:
         yield sb
 
 
@@ -888,8 +893,10 @@ def test_a_parent_session_cannot_reach_into_its_forks(request, scene, name):
             crash = parent.run("import os\nos._exit(0)")  # the parent's next call gets a fresh worker
             assert "SandboxCrash" in crash.error
         code = (
-            f"FORK, FORK_PID, FORK_IMAGES = {str(fork.home)!r}, {int(own.stdout)}, {str(fork.images_dir)!r}\n"
-            + attempt(INTO_FORK[name])
+            # The fork's pid as the parent's code names it: a session's own worker sees the caller's pids (a
+            # fork's worker may live in its lineage's PID namespace and see another number for itself).
+            f"FORK, FORK_PID, FORK_IMAGES = {str(fork.home)!r}, {fork._handle.pid}, "
+            f"{str(fork.images_dir)!r}\n" + attempt(INTO_FORK[name])
         )
         result = parent.run(code)
         try:
@@ -979,9 +986,14 @@ LEFTOVERS = {
 
 @pytest.mark.parametrize("how", list(LEFTOVERS))
 def test_processes_started_by_model_code_die_with_the_session(request, scene, how):
-    needs_layer(
-        request, scene.sandbox, "cgroup", "a child reparents to the zygote and survives its worker's kill"
-    )
+    if not {"cgroup", "reaper", "lineage"} & set(scene.sandbox.isolation):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="needs the cgroup, reaper or lineage layer: a child reparents to the zygote and "
+                "survives its worker's kill",
+            )
+        )
     code = (  # every process here ends by itself after 2 * TIMEOUT: bounded even if the sandbox fails
         f"import os, time\nend = time.time() + {2 * TIMEOUT}\npid = os.fork()\n"
         "if pid == 0:\n  try:\n"
@@ -1010,6 +1022,41 @@ def test_processes_started_by_model_code_die_with_the_session(request, scene, ho
 
 
 # -- exhaustion (bounded) -----------------------------------------------------------------------------
+
+
+def test_a_fork_bomb_stops_at_max_processes_and_dies_with_its_session(request, scene):
+    if not {"cgroup", "reaper", "lineage"} & set(scene.sandbox.isolation):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="needs the cgroup, reaper or lineage layer to cap processes"
+            )
+        )
+    bomb = (  # forks until refused, then every process of it sleeps until 3 s have passed and ends
+        "import os, time\nend = time.time() + 3\nmade = 0\nwhile time.time() < end:\n    try:\n"
+        "        if os.fork() == 0:\n            made = 0\n            continue\n        made += 1\n"
+        "    except OSError:\n        break\nif os.getpid() != ROOT:\n"
+        "    time.sleep(max(0, end - time.time()))\n    os._exit(0)\nprint(made)"
+    )
+    with scene.session() as s:
+        s.run("import os\nROOT = os.getpid()")
+        watch = LineageWatch(s)
+        try:
+            result = s.run(bomb)
+            alive = watch.processes()
+            assert result.ok, result.error
+            assert 0 < len(alive) <= CONFIG.max_processes + 1, f"{len(alive)} processes: the cap did not hold"
+        finally:
+            s.close()
+            deadline = time.monotonic() + 5
+            while watch.processes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            left = watch.processes()
+            watch.close()
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} processes of the bomb outlived their session"
+    scene.assert_unharmed()
 
 
 def test_memory_bomb_is_contained(scene):

@@ -1,53 +1,73 @@
-"""Lineages for ordinary users: a user and a PID namespace per session lineage, so that model code's processes
-are capped and never outlive it, without root and without cgroups.
+"""Lineages for ordinary users: a user and a PID namespace per session lineage, so that the processes model
+code starts are capped and never outlive it, without root and without cgroups.
 
 A lineage is a session and every fork made from it (a GRPO group). Under a root parent each lineage has a uid
 of its own (`thyme.sandbox.uids`), which caps and reaps it. An ordinary user has one uid for everything, so
-the zygote gives each lineage two namespaces instead, entered by a short-lived helper it forks:
+each lineage gets two namespaces instead. A fresh worker, before it serves anything (`found`):
 
-    zygote ── helper: unshare(user + pid), map the caller's uid and gid to themselves, fork
-                └─ init (pid 1 of the new PID namespace; no capabilities, ignores SIGCHLD, waits)
-                     └─ worker (pid 2; runs model code; its forks and their processes join the namespaces)
+1. unshares a user namespace (the caller's uid and gid mapped to themselves) and a PID namespace for its
+   children;
+2. clones the namespace's init with CLONE_PARENT | CLONE_PIDFD: pid 1 there, a child of the zygote (not of
+   the worker, so model code's `os.wait()` never sees it), which holds nothing and only waits to be killed;
+3. hands the caller a pidfd of that init as its first frame (`receive`), then sets its rlimits.
+
+    zygote ─┬─ worker (its own pid as before; user namespace L)   ─── its processes and forks: in PID ns P
+            └─ init of P (pid 1 there; user namespace L)
 
 - Processes. Since Linux 5.14 `RLIMIT_NPROC` is counted per user namespace: the worker's limit of
-  `max_processes` holds the whole lineage (init, the worker, its forks, their processes and threads), while
-  the caller's own processes do not count. A fork bomb stops there.
-- Nothing outlives the lineage. When the init of a PID namespace exits, the kernel kills every process in
-  it, wherever it fled (a new session, a new process group, a reforking chain), and model code cannot leave
-  the namespace (seccomp denies unshare and clone with namespace flags). The caller holds the init by a
-  pidfd and kills it once the last worker of the lineage is killed (`Lineage.release`): closing a parent
-  session keeps its forks, and what they started, alive until they close too.
-- Orphans are reparented to the init, which ignores SIGCHLD, so the kernel reaps them at once (a zombie
-  would go on counting against the lineage's limit).
+  `max_processes` holds the whole lineage (the worker, the init, its forks, the processes and threads they
+  start), while the caller's other processes do not count. A fork bomb stops there.
+- Nothing outlives the lineage. Every process the worker starts, and every fork, lives in P; when P's init
+  dies the kernel kills every process in P, wherever it fled (a new session, a new process group, a
+  reforking chain). Model code cannot leave P (seccomp denies unshare, setns and namespace clone flags).
+  The caller kills the init once the last worker of the lineage is killed (`Lineage.release`), so closing a
+  parent session keeps its forks, and what they started, alive until they close too. Orphans in P are
+  reparented to the init, which ignores SIGCHLD, so the kernel reaps them at once.
+- Pids. A session's own worker keeps the pid the caller sees, and so do the pids `os.fork()` returns to it;
+  a fork's worker and every process started below a worker see the pids of P (`host_pid` translates).
 
-What it does not give: a memory budget. No namespace counts memory; only a memory cgroup could, so without
-one each process of the lineage has its own address-space limit (`memory_mb`), and a lineage may use up to
-`max_processes` times that. Pids inside the namespace are not the caller's: `host_pid` translates them.
+What it does not give: a memory budget. No namespace counts memory; only a memory cgroup can. Without one,
+each process of a lineage has its own address-space limit (`memory_mb`), so a lineage may map up to
+`max_processes` times that.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import os
 import signal
-import socket
-import struct
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
+
+from thyme.sandbox import wire
 
 CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
-SPAWN_TIMEOUT_S = 10.0
-_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+CLONE_PARENT, CLONE_PIDFD = 0x00008000, 0x00001000
+SYS_CLONE3 = 435  # one number on every architecture (new system calls share the table)
+HELLO_TIMEOUT_S = 10.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-# -- the zygote's side -----------------------------------------------------------------------------------
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [  # struct clone_args, as far as CLONE_ARGS_SIZE_VER0 (64 bytes)
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+    ]
+
+
+# -- the worker's side -----------------------------------------------------------------------------------
 def enter(uid: int, gid: int) -> None:
-    """Unshare a user namespace (this process's uid and gid mapped to themselves) and a PID namespace whose
-    first child becomes its init. Raises OSError when the kernel refuses."""
+    """Unshare a user namespace (`uid` and `gid` mapped to themselves) and a PID namespace for the children
+    of this process. Raises OSError when the kernel refuses."""
     if _libc.unshare(CLONE_NEWUSER | CLONE_NEWPID) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(user, pid): {os.strerror(err)}")
@@ -56,8 +76,54 @@ def enter(uid: int, gid: int) -> None:
             f.write(text)
 
 
+def _clone_init(init: Callable[[], None]) -> tuple[int, int]:
+    """Start the PID namespace's init as a sibling of this process (CLONE_PARENT): (its pid, a pidfd). The
+    child runs `init()`, which never returns; it starts as a copy of this single-threaded process, as fork
+    would make it, without Python's after-fork hooks, which it does not need for what it does."""
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs(flags=CLONE_PARENT | CLONE_PIDFD, pidfd=ctypes.addressof(pidfd))
+    pid = _libc.syscall(SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        init()
+        os._exit(0)
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone3 (the lineage's init): {os.strerror(err)}")
+    return pid, pidfd.value
+
+
+def _init(drop_capabilities: Callable[[], None]) -> None:
+    """Pid 1 of the lineage's namespace: hold nothing, let the kernel reap orphans, wait to be killed."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # nothing runs here; no capability is needed for waiting
+        drop_capabilities()
+    os.closerange(0, 1 << 16)
+    while True:
+        signal.pause()
+
+
+def found(channel_fd: int, drop_capabilities: Callable[[], None]) -> None:
+    """Make this fresh worker the first of a lineage and send the caller its init's pidfd (as the first
+    frame on the channel): {"lineage": pid} + the pidfd, or {"lineage_error": why}. Must run before the
+    worker's rlimits are set: a user namespace takes its creator's process limit as its own ceiling."""
+    import socket
+
+    sock = socket.socket(fileno=os.dup(channel_fd))
+    try:
+        try:
+            enter(os.getuid(), os.getgid())
+            pid, pidfd = _clone_init(lambda: _init(drop_capabilities))
+        except OSError as exc:
+            wire.send_frame(sock, {"lineage_error": str(exc)[:500]})
+            os._exit(0)
+        wire.send_frame(sock, {"lineage": pid}, fds=(pidfd,))
+        os.close(pidfd)
+    finally:
+        sock.close()
+
+
 def probe() -> str | None:
-    """Whether `enter` works here (None) or why not; a throwaway child tries it."""
+    """Whether a lineage can be founded here (None) or why not: a throwaway child tries the namespaces."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -75,109 +141,6 @@ def probe() -> str | None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
     return None if answer == "ok" else answer or "the probe died"
-
-
-def spawn(
-    run_worker: Callable[[], None], drop_capabilities: Callable[[], None], inherited: Iterable[socket.socket]
-) -> tuple[int, int, int]:
-    """Fork a lineage (helper, init, worker) from the zygote; returns (worker pid, init pid, init pidfd) as
-    the zygote sees them. `run_worker()` runs in the worker and never returns; `drop_capabilities()` runs
-    in the init; the `inherited` sockets (the zygote's) are closed in the helper first. Raises OSError
-    when a fork or the namespaces fail."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the kernel stamps each message's sender
-    helper = os.fork()
-    if helper == 0:
-        ours.close()
-        for sock in inherited:
-            sock.close()
-        _helper(theirs, run_worker, drop_capabilities)
-    theirs.close()
-    try:
-        return _collect(ours)
-    finally:
-        ours.close()
-
-
-def _helper(
-    report: socket.socket, run_worker: Callable[[], None], drop_capabilities: Callable[[], None]
-) -> None:
-    """The helper: enter the namespaces, fork the init, send its pidfd, exit."""
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the init's pid stays valid until this process exits
-        enter(os.getuid(), os.getgid())
-        init = os.fork()
-        if init == 0:
-            _init(report, run_worker, drop_capabilities)
-        pidfd = os.pidfd_open(init)
-        socket.send_fds(report, [b"init %d" % init], [pidfd])
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            report.send(b"error " + str(exc).encode(errors="replace")[:500])
-    os._exit(0)
-
-
-def _init(
-    report: socket.socket, run_worker: Callable[[], None], drop_capabilities: Callable[[], None]
-) -> None:
-    """Pid 1 of the lineage: fork the worker, then only wait. SIGCHLD is ignored, so every child (the
-    worker, its forks, reparented orphans) is reaped by the kernel, and wait() returns ECHILD once the
-    namespace is empty: then this process exits, which would have ended the namespace anyway."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    worker = os.fork()
-    if worker == 0:
-        report.send(b"worker")  # the zygote reads our pid, in its own namespace, from the credentials
-        report.close()
-        run_worker()
-        os._exit(0)
-    with contextlib.suppress(OSError):  # nothing runs here but wait(); the worker drops its own anyway
-        drop_capabilities()
-    os.closerange(0, _fd_limit())  # hold nothing: not the worker's channel, not the report socket
-    while True:
-        try:
-            os.wait()
-        except ChildProcessError:
-            os._exit(0)
-        except InterruptedError:
-            continue
-
-
-def _fd_limit() -> int:
-    return os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 1 << 16
-
-
-def _collect(ours: socket.socket) -> tuple[int, int, int]:
-    """Read the helper's and the worker's reports: (worker pid, init pid, init pidfd)."""
-    ours.settimeout(SPAWN_TIMEOUT_S)
-    worker = init = pidfd = None
-    try:
-        while worker is None or init is None:
-            msg, ancdata, _flags, _addr = ours.recvmsg(
-                600, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4 * 4)
-            )
-            if not msg:
-                raise OSError("the lineage helper ended before its worker started")
-            fds, sender = [], None
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    sender = _CREDS.unpack(data[: _CREDS.size])[0]
-            if msg.startswith(b"error "):
-                raise OSError(msg[6:].decode(errors="replace"))
-            if msg.startswith(b"init ") and len(fds) == 1 and pidfd is None:
-                init, pidfd = int(msg[5:]), fds.pop()
-            elif msg == b"worker" and sender:
-                worker = sender
-            for fd in fds:
-                os.close(fd)
-    except (OSError, ValueError):
-        if pidfd is not None:  # a half-made lineage: its init takes whatever started along
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            os.close(pidfd)
-        raise
-    return worker, init, pidfd
 
 
 # -- the caller's side -----------------------------------------------------------------------------------
@@ -209,15 +172,23 @@ class Lineage:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         os.close(pidfd)
 
-    @property
-    def ended(self) -> bool:
-        return self.pidfd is None
+
+def receive(channel: wire.Channel) -> Lineage:
+    """Read a fresh worker's first frame (see `found`): its lineage, or a `wire.WireError` saying why not.
+    The worker has run no model code yet, so what it says here is its own."""
+    hello = channel.recv(time.monotonic() + HELLO_TIMEOUT_S)
+    fds = channel.take_fds()
+    if isinstance(hello.get("lineage"), int) and len(fds) == 1:
+        return Lineage(fds[0], hello["lineage"])
+    for fd in fds:
+        os.close(fd)
+    raise wire.WireError(str(hello.get("lineage_error") or "a malformed first frame")[:500])
 
 
 def host_pid(member: int, inner: int) -> int | None:
-    """The pid, as this process sees it, of the process that sees itself as `inner` in the PID namespace of
-    the process `member` (say, a pid that model code printed); `inner` itself where `member` shares our
-    namespace. None when no such process lives."""
+    """The pid, as this process sees it, of what code running in the process `member` calls `inner` (a pid
+    it printed): translated through `member`'s PID namespace, or `inner` itself where `member` shares ours
+    (a session's own worker). None when no such process lives."""
     try:
         target = os.stat(f"/proc/{member}/ns/pid").st_ino
     except OSError:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from thyme.sandbox import wire
 from thyme.sandbox.cgroups import WorkerCgroup
 from thyme.sandbox.lineage import Lineage
+from thyme.sandbox.lineage import receive as receive_lineage
 
 if TYPE_CHECKING:
     from thyme.sandbox.uids import UidPool
@@ -230,19 +231,22 @@ class Zygote:
 
     def spawn(self, limits: dict) -> WorkerHandle:
         reply, fds = self._ask({"op": "spawn", "limits": limits})
-        wanted = 2 if limits.get("lineage") else 1
         if isinstance(reply.get("error"), str) and not fds:
             raise ForkFailed(self.note(f"the sandbox zygote {reply['error'][:300]}"))
-        pids = [reply.get("pid")] + ([reply.get("init")] if wanted == 2 else [])
-        if len(fds) != wanted or not all(isinstance(pid, int) for pid in pids):
+        if len(fds) != 1 or not isinstance(reply.get("pid"), int):
             for fd in fds:
                 os.close(fd)
             raise SandboxError(self.note("the sandbox zygote sent a malformed spawn reply"))
         handle = WorkerHandle.adopt(socket.socket(fileno=fds[0]), reply["pid"])
         handle.uid = limits.get("uid")
         handle.zygote = self
-        if wanted == 2:
-            handle.lineage = Lineage(fds[1], reply["init"])
+        if limits.get("lineage"):
+            try:
+                handle.lineage = receive_lineage(handle.channel)
+            except wire.WireError as exc:
+                handle.kill()
+                problem = f"a sandbox worker could not found its lineage ({exc})"
+                raise SandboxError(self.note(problem)) from None
         return handle
 
     def reap(self, uid: int) -> None:

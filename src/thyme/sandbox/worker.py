@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from thyme.sandbox import landlock, seccomp, wire
+from thyme.sandbox import landlock, lineage, seccomp, wire
 from thyme.sandbox.clamp import make_runtime_helpers
 from thyme.sandbox.confine import (
     apply_limits,
@@ -362,6 +362,8 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
     """
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolate_descriptors(sock.fileno())
+    if limits.get("lineage"):  # an ordinary user's lineage: its own user and PID namespaces, first
+        lineage.found(sock.fileno(), drop_capabilities)
     apply_limits(limits)
     setup_error = None
     if limits.get("uid") is not None:  # a root parent: become an unprivileged user

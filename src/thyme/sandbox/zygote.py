@@ -9,10 +9,9 @@ Protocol on its control socket (FD):
     {"ready", "namespaces", "quota_error", "view_dev", "view_error", "lineage_error", "mounter"}
                                                                            (+ the mounter's socket)
                                                                            the greeting, once
-    {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker;
-                                          with limits["lineage"] {"pid": N, "init": M} + a second one, a
-                                          pidfd of the lineage's init (`thyme.sandbox.lineage`);
-                                          {"error": "..."} when no process could be forked
+    {"op": "spawn", "limits": {...}}  ->  {"pid": N} + one descriptor: the caller's end of the new worker
+                                          (with limits["lineage"] its first frame founds a lineage:
+                                          `thyme.sandbox.lineage`); {"error": "..."} when the fork failed
     {"op": "reap", "uid": N}          ->  {"ok": true} once every process running as the worker uid N is
                                           killed (root parents; N must lie in the sandbox's uid range)
 
@@ -75,46 +74,29 @@ def _become_subreaper() -> None:
 
 
 def spawn(ctl: socket.socket, limits: dict, mount_error: str | None) -> None:
-    """Fork a worker (in a lineage of its own when `limits["lineage"]`) and hand the caller its channel.
-
-    A fork that fails (the user's process limit, no memory) is answered with an error, and the zygote goes
-    on serving: the caller decides whether to free processes and ask again.
-    """
+    """Fork a worker and hand the caller its channel. A fork the kernel refuses (the user's process limit,
+    no memory) is answered with an error, and the zygote goes on serving: the caller decides whether to free
+    processes and ask again."""
     from thyme.sandbox import wire, worker
 
     theirs, mine = socket.socketpair()
-
-    def serve() -> None:
-        worker.serve(mine, limits, mount_error)
-
-    fds = [theirs.fileno()]
     try:
-        if limits.get("lineage"):
-            from thyme.sandbox import confine, lineage
-
-            pid, init, pidfd = lineage.spawn(serve, confine.drop_capabilities, inherited=(ctl, theirs))
-            reply = {"pid": pid, "init": init}
-            fds.append(pidfd)
-        else:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    ctl.close()
-                    theirs.close()
-                    serve()
-                finally:
-                    os._exit(0)
-            reply = {"pid": pid}
+        pid = os.fork()
     except OSError as exc:
         theirs.close()
         mine.close()
-        print(f"thyme sandbox zygote: could not start a worker: {exc}", file=sys.stderr, flush=True)
-        wire.send_frame(ctl, {"error": f"could not start a worker: {exc}"})
+        print(f"thyme sandbox zygote: could not fork a worker: {exc}", file=sys.stderr, flush=True)
+        wire.send_frame(ctl, {"error": f"could not fork a worker: {exc}"})
         return
+    if pid == 0:
+        try:
+            ctl.close()
+            theirs.close()
+            worker.serve(mine, limits, mount_error)
+        finally:
+            os._exit(0)
     mine.close()
-    wire.send_frame(ctl, reply, fds=fds)
-    for fd in fds[1:]:
-        os.close(fd)
+    wire.send_frame(ctl, {"pid": pid}, fds=(theirs.fileno(),))
     theirs.close()
 
 
