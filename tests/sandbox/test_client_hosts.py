@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from thyme.sandbox.client import SandboxClient, ServiceUnavailable, SessionLost, split_urls
+from thyme.sandbox.client import SandboxClient, ServiceUnavailable, SessionLost
+from thyme.sandbox.hosts import HostPool, split_urls
 from thyme.sandbox.loadtest import load_test
 
 TOKEN = "hosts-token-5c1e"
@@ -77,6 +78,23 @@ def test_split_urls_accepts_lists_and_commas_and_refuses_nonsense():
     ]:
         with pytest.raises(ValueError, match=message):
             split_urls(bad)
+
+
+def test_host_pool_picks_the_least_loaded_live_host():
+    pool = HostPool(["http://a:1", "http://b:1", "http://c:1"], retry_down_s=0.2)
+    a, b, c = pool.hosts
+    assert {pool.reserve(set()).url for _ in range(3)} == {a.url, b.url, c.url}  # one each
+    pool.release(b)
+    assert pool.reserve(set()) is b  # the only host with fewer sessions
+    pool.release(c)
+    pool.mark(c, reachable=False)
+    assert c.down and pool.reserve(set()) in (a, b)  # c has fewest but is down
+    assert pool.reserve({a.url, b.url}) is c  # no live host left: the down one is tried
+    assert pool.reserve({a.url, b.url, c.url}) is None
+    time.sleep(0.25)
+    assert not c.down  # retried after retry_down_s
+    pool.mark(c, reachable=True)
+    assert [h["sessions"] for h in pool.snapshot()] == [a.sessions, b.sessions, c.sessions]
 
 
 def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(two_hosts, token_file):

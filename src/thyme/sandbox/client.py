@@ -43,21 +43,18 @@ import json
 import logging
 import os
 import pathlib
-import random
 import re
 import select
 import shutil
 import tempfile
-import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from thyme.sandbox.hosts import Host, HostPool
 from thyme.sandbox.process import SandboxError
 from thyme.sandbox.result import ExecutionResult
-from thyme.sandbox.service import API
 from thyme.sandbox.session import SessionBusy
 
 log = logging.getLogger(__name__)
@@ -106,41 +103,6 @@ class SessionLost(ServiceUnavailable):
     """A session's host stopped answering (down, or the connection broke mid-call): open a new session."""
 
 
-def split_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
-    """Sandbox host URLs from one URL, a comma-separated string of them, or a list (each may hold commas);
-    a one-line `ValueError` names a malformed or repeated one."""
-    items = [urls] if isinstance(urls, str) else list(urls)
-    found: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"a sandbox URL must be a string like http://host:8765, got {item!r}")
-        for url in (u.strip() for u in item.split(",")):
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"a sandbox URL must look like http://host:port, got {url!r}")
-            if url.rstrip("/") in found:
-                raise ValueError(f"the sandbox URL {url!r} is listed twice")
-            found.append(url.rstrip("/"))
-    if not found:
-        raise ValueError("no sandbox URL given; pass http://host:port (several: comma-separated)")
-    return tuple(found)
-
-
-class _Host:
-    """One sandbox server: its address, its pool of idle keep-alive connections, and what the client knows
-    of it (sessions open there, down until when). Mutable fields are guarded by the client's lock."""
-
-    def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.url = url
-        self.conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self.netloc = (parts.hostname, parts.port)
-        self.prefix = parts.path.rstrip("/") + API
-        self.idle: list[tuple[http.client.HTTPConnection, float]] = []
-        self.sessions = 0
-        self.down_until = 0.0  # time.monotonic() before which new sessions avoid this host
-
-
 class SandboxClient:
     """Talks to one sandbox server or spreads sessions over several. Thread-safe; use as a context manager
     or call `close()`.
@@ -170,17 +132,17 @@ class SandboxClient:
         retry_down_s: float = 10.0,
         max_connections: int = 64,
     ) -> None:
-        self._hosts = [_Host(url) for url in split_urls(base_url)]
+        self._hosts = HostPool(base_url, retry_down_s)
         if images not in ("base64", "url"):
             raise ValueError(f'images must be "base64" or "url", got {images!r}')
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.images = images
         self.timeout_s, self.connect_timeout_s = timeout_s, min(connect_timeout_s, timeout_s)
-        self.retries, self.backoff_s, self.retry_down_s = retries, backoff_s, retry_down_s
+        self.retries, self.backoff_s = retries, backoff_s
         self._owns_dir = images_dir is None
         self.images_dir = pathlib.Path(images_dir or tempfile.mkdtemp(prefix="thyme-client-"))
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = self._hosts.lock
         self._max_connections = max_connections
         self._executor: ThreadPoolExecutor | None = None
         self.closed = False
@@ -188,21 +150,16 @@ class SandboxClient:
     # -- the public API ------------------------------------------------------------------------------
     @property
     def urls(self) -> tuple[str, ...]:
-        return tuple(h.url for h in self._hosts)
+        return tuple(h.url for h in self._hosts.hosts)
 
     def hosts(self) -> list[dict[str, Any]]:
         """What the client knows of each host: `url`, `sessions` it has open there, `down` (left out of new
         sessions until it is retried)."""
-        now = time.monotonic()
-        with self._lock:
-            return [{"url": h.url, "sessions": h.sessions, "down": h.down_until > now} for h in self._hosts]
+        return self._hosts.snapshot()
 
     def health(self, url: str | None = None) -> dict[str, Any]:
         """A server's status (`isolation` layers, open sessions, limits): the host `url`, else the first."""
-        host = self._hosts[0] if url is None else next((h for h in self._hosts if h.url == url), None)
-        if host is None:
-            raise ValueError(f"{url!r} is not one of this client's hosts {list(self.urls)}")
-        return self._call("GET", "/health", idempotent=True, host=host)
+        return self._call("GET", "/health", idempotent=True, host=self._hosts.get(url))
 
     def session(self, inputs: list[str | os.PathLike] | tuple = ()) -> RemoteSession:
         """Open an episode on the least loaded live host; `inputs` are uploaded now, `image_path` is the
@@ -215,7 +172,11 @@ class SandboxClient:
             uploads.append({"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()})
             paths.append(str(path.resolve()))
         host, reply = self._create({"inputs": uploads})
-        return RemoteSession(self, host, _checked_id(reply), tuple(paths))
+        try:
+            return RemoteSession(self, host, _checked_id(reply), tuple(paths))
+        except ServiceError:
+            self._hosts.release(host)
+            raise
 
     def close(self) -> None:
         """Drop the pooled connections and delete the images directory when the client created it."""
@@ -223,8 +184,8 @@ class SandboxClient:
             if self.closed:
                 return
             self.closed = True
-            idle = [conn for h in self._hosts for conn, _ in h.idle]
-            for h in self._hosts:
+            idle = [conn for h in self._hosts.hosts for conn, _ in h.idle]
+            for h in self._hosts.hosts:
                 h.idle = []
         for conn in idle:
             conn.close()
@@ -240,67 +201,36 @@ class SandboxClient:
         self.close()
 
     # -- spreading sessions --------------------------------------------------------------------------
-    def _create(self, payload: dict[str, Any]) -> tuple[_Host, dict[str, Any]]:
+    def _create(self, payload: dict[str, Any]) -> tuple[Host, dict[str, Any]]:
         """POST /sessions to the least loaded live host, moving on to the next one that answers."""
         delay, last = self.backoff_s, ServiceUnavailable("nothing tried")
-        spent: set[int] = set()  # hosts not to ask again: the request broke after it was sent, or a 503
+        spent: set[str] = set()  # hosts not to ask again: the request broke after it was sent, or a 503
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(delay)
                 delay *= 2
             tried = set(spent)
-            while (host := self._reserve(tried)) is not None:
-                tried.add(id(host))
+            while (host := self._hosts.reserve(tried)) is not None:
+                tried.add(host.url)
                 try:
                     return host, self._call("POST", "/sessions", payload, host=host, tries=1)
                 except ServiceError as exc:
-                    self._release(host)
+                    self._hosts.release(host)
                     if not isinstance(exc, ServiceUnavailable) and exc.status != 503:
                         raise
                     if isinstance(exc, _Broken) or exc.status == 503:
-                        spent.add(id(host))
+                        spent.add(host.url)
                     last = exc
                 except BaseException:
-                    self._release(host)
+                    self._hosts.release(host)
                     raise
-            if len(spent) == len(self._hosts):
+            if len(spent) == len(self._hosts.hosts):
                 break
         raise ServiceUnavailable(
-            f"no sandbox host could open a session ({len(self._hosts)} host(s), {self.retries + 1} rounds); "
-            f"last: {last}",
+            f"no sandbox host could open a session ({len(self._hosts.hosts)} host(s), "
+            f"{self.retries + 1} rounds); last: {last}",
             last.status,
         )
-
-    def _reserve(self, tried: set[int]) -> _Host | None:
-        """The live untried host with the fewest open sessions (ties at random; down hosts only when no live
-        one is left), its count raised now so that concurrent calls spread."""
-        now = time.monotonic()
-        with self._lock:
-            left = [h for h in self._hosts if id(h) not in tried]
-            if not left:
-                return None
-            live = [h for h in left if h.down_until <= now] or left
-            fewest = min(h.sessions for h in live)
-            host = random.choice([h for h in live if h.sessions == fewest])
-            host.sessions += 1
-            return host
-
-    def _release(self, host: _Host) -> None:
-        with self._lock:
-            host.sessions -= 1
-
-    def _mark(self, host: _Host, reachable: bool) -> None:
-        with self._lock:
-            was_down = host.down_until > 0
-            host.down_until = 0.0 if reachable else time.monotonic() + self.retry_down_s
-        if reachable and was_down:
-            log.info("sandbox host %s answers again", host.url)
-        elif not reachable and not was_down and len(self._hosts) > 1:
-            log.warning(
-                "sandbox host %s is unreachable: new sessions go to the other hosts; retried in %g s",
-                host.url,
-                self.retry_down_s,
-            )
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def _call(
@@ -310,10 +240,10 @@ class SandboxClient:
         payload: dict[str, Any] | None = None,
         *,
         idempotent: bool = False,
-        host: _Host | None = None,
+        host: Host | None = None,
         tries: int | None = None,
     ) -> dict[str, Any]:
-        host = host or self._hosts[0]
+        host = host or self._hosts.get()
         status, data, _ = self._request(host, method, path, payload, idempotent=idempotent, tries=tries)
         try:
             reply = json.loads(data) if data else {}
@@ -333,7 +263,7 @@ class SandboxClient:
 
     def _request(
         self,
-        host: _Host,
+        host: Host,
         method: str,
         path: str,
         payload: dict[str, Any] | None,
@@ -361,7 +291,7 @@ class SandboxClient:
                 except OSError as exc:  # nothing was sent: safe to retry any call
                     conn.close()
                     last = f"cannot connect ({exc})"
-                    self._mark(host, reachable=False)
+                    self._hosts.mark(host, reachable=False)
                     continue
             try:
                 conn.request(method, host.prefix + path, body=body, headers=headers)
@@ -382,7 +312,7 @@ class SandboxClient:
                     f"{host.url}: {last}; not retried because the call may have run (a very large request "
                     "also ends this way when it exceeds the server's size limit)"
                 ) from None
-            self._mark(host, reachable=True)
+            self._hosts.mark(host, reachable=True)
             if resp.will_close:
                 conn.close()
             else:
@@ -390,7 +320,7 @@ class SandboxClient:
             return resp.status, data, resp.getheader("Content-Type", "")
         raise ServiceUnavailable(f"sandbox server {host.url} unreachable after {tries} tries: {last}")
 
-    def _checkout(self, host: _Host) -> http.client.HTTPConnection:
+    def _checkout(self, host: Host) -> http.client.HTTPConnection:
         """A pooled keep-alive connection to `host` that is still open, or a new (unconnected) one."""
         now = time.monotonic()
         while True:
@@ -410,7 +340,7 @@ class SandboxClient:
         name, port = host.netloc
         return host.conn_cls(name, port, timeout=self.connect_timeout_s)
 
-    def _checkin(self, host: _Host, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, host: Host, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self.closed and len(host.idle) < self._max_connections:
                 host.idle.append((conn, time.monotonic()))
@@ -423,7 +353,7 @@ class SandboxClient:
                 self._executor = ThreadPoolExecutor(self._max_connections, thread_name_prefix="thyme-client")
             return self._executor
 
-    def _save_images(self, host: _Host, sid: str, items: object) -> list[pathlib.Path]:
+    def _save_images(self, host: Host, sid: str, items: object) -> list[pathlib.Path]:
         if not isinstance(items, list):
             raise ServiceError("the sandbox server sent images in an unexpected shape")
         folder = self.images_dir / sid
@@ -459,7 +389,7 @@ class RemoteSession:
     url: the host it lives on (every call, fork and image of the session goes there).
     """
 
-    def __init__(self, client: SandboxClient, host: _Host, session_id: str, inputs: tuple[str, ...]) -> None:
+    def __init__(self, client: SandboxClient, host: Host, session_id: str, inputs: tuple[str, ...]) -> None:
         self._client = client
         self._host = host
         self.url = host.url
@@ -484,14 +414,13 @@ class RemoteSession:
     def fork(self) -> RemoteSession:
         """An independent copy of this session's state (copy-on-write, in a new process on the same host)."""
         self._check_open()
-        client = self._client
-        with client._lock:
-            self._host.sessions += 1
+        hosts = self._client._hosts
+        hosts.add(self._host)
         try:
             reply = self._call("POST", f"/sessions/{self.id}/fork", {})
-            return RemoteSession(client, self._host, _checked_id(reply), self.inputs)
+            return RemoteSession(self._client, self._host, _checked_id(reply), self.inputs)
         except BaseException:
-            client._release(self._host)
+            hosts.release(self._host)
             raise
 
     def discard_images(self) -> None:
@@ -504,8 +433,8 @@ class RemoteSession:
             return
         self.closed = True
         client = self._client
-        client._release(self._host)
-        down = self._host.down_until > time.monotonic()
+        client._hosts.release(self._host)
+        down = self._host.down
         try:  # a host known to be down gets one try: its sessions are gone or reclaimed by its TTL
             path = f"/sessions/{self.id}"
             client._call("DELETE", path, idempotent=True, host=self._host, tries=1 if down else None)

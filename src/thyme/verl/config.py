@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from thyme.agent.config import AgentConfig, ErrorPolicy, SamplingParams
-from thyme.sandbox.client import split_urls
+from thyme.sandbox.hosts import split_urls
 
 
 @dataclass(frozen=True)
