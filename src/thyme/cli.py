@@ -169,6 +169,8 @@ def serve(
         check_device(device, "--device")
         token = read_token_file(token_file) if token_file is not None else None
         sandbox_token = read_token_file(sandbox_token_file) if sandbox_token_file is not None else None
+        if raw and sandbox_url:
+            raise ValueError("--sandbox-url is for the loop; --raw serves generation and runs no code")
         if raw:
             serve_generation(
                 model, host, port, token=token, model_name=served_name, device=device, on_ready=ready

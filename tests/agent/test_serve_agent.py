@@ -270,14 +270,14 @@ def test_the_loop_runs_its_code_on_remote_sandbox_hosts(scripted_backend, agent_
 
 
 @pytest.mark.parametrize(
-    ("urls", "words"),
+    ("flags", "words"),
     [
-        (["http://127.0.0.1:1", "http://127.0.0.1:2"], "no sandbox host answers"),
-        (["nope"], "a sandbox URL must look like http://host:port"),
+        (["--sandbox-url", "http://127.0.0.1:1", "--sandbox-url", "http://127.0.0.1:2"], "no sandbox host"),
+        (["--sandbox-url", "http://127.0.0.1:1,nope"], "a sandbox URL must look like http://host:port"),
+        (["--raw", "--sandbox-url", "http://127.0.0.1:1"], "--sandbox-url is for the loop"),
     ],
 )
-def test_thyme_serve_refuses_sandbox_hosts_it_cannot_use(urls, words):
-    flags = [arg for url in urls for arg in ("--sandbox-url", url)]
+def test_thyme_serve_refuses_sandbox_hosts_it_cannot_use(flags, words):
     result = subprocess.run(
         [sys.executable, "-m", "thyme", "serve", "--model", "unused", "--port", "0", *flags],
         capture_output=True, text=True, timeout=120,
