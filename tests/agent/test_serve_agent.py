@@ -238,6 +238,23 @@ def test_a_client_that_leaves_mid_stream_ends_the_run(server, scripted_backend, 
     assert status == 200 and again["thyme"]["answer"] == "42"
 
 
+def test_a_run_that_fails_mid_stream_ends_with_an_openai_error(scripted_backend, agent_sandbox, noise_png):
+    """The backend refuses this agent's sampling (ATS with a sampled code leg) at its first step: the stream
+    has begun, so the failure comes as an `error` chunk and then an OpenAI error event (the client raises)."""
+    sampling = SamplingParams(temperature=1.0, code_temperature=0.7, max_new_tokens=160)
+    agent = Agent(scripted_backend, config=AgentConfig(sampling=sampling), sandbox=agent_sandbox)
+    kinds = []
+    with AgentServer(agent, "127.0.0.1", 0, token="t0k", model_name="scripted") as srv:
+        srv.start()
+        with pytest.raises(openai.APIError, match=r"the run failed: .*greedy code only"):
+            stream_chunks(
+                srv, ask(noise_png, "What is six times seven?"), lambda t: kinds.append(t and t["type"])
+            )
+        status, body = post(srv.url, ask(noise_png, "What is six times seven?"))  # not streamed: a 502
+        assert status == 502 and "greedy code only" in body["error"]["message"]
+    assert kinds == [None, "error"]  # the role chunk, then what went wrong
+
+
 # -- sandbox hosts ---------------------------------------------------------------------------------------
 def test_the_loop_runs_its_code_on_remote_sandbox_hosts(scripted_backend, agent_sandbox, noise_png):
     """`thyme serve --sandbox-url A,B`: the agent's sessions live on `thyme sandbox serve` hosts (two real
