@@ -97,7 +97,9 @@ def test_host_pool_picks_the_least_loaded_live_host():
     assert [h["sessions"] for h in pool.snapshot()] == [a.sessions, b.sessions, c.sessions]
 
 
-def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(two_hosts, token_file):
+def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(
+    two_hosts, token_file, small_png
+):
     a, b = two_hosts
     client = SandboxClient([a.url, b.url], token=TOKEN, retries=1, backoff_s=0.05, retry_down_s=0.5)
     with client:
@@ -154,8 +156,11 @@ def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(t
         b_again = Host(token_file, port=b.port)
         try:
             time.sleep(0.6)  # past retry_down_s
-            back = client.session()
+            back = client.session(inputs=[small_png])
             assert back.url == b.url and back.run("print('back')").stdout == "back\n"
+            # a remote session's inputs are the paths its code sees, as a local session's are
+            assert back.run("print(image_path)").stdout == back.inputs[0] + "\n"
+            assert back.inputs[0] != str(small_png) and back.inputs[0].endswith("small.png")
             assert {h["url"]: h["down"] for h in client.hosts()} == {a.url: False, b.url: False}
             back.close()
         finally:

@@ -172,6 +172,9 @@ class SandboxClient:
             uploads.append({"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()})
             paths.append(str(path.resolve()))
         host, reply = self._create({"inputs": uploads})
+        seen = reply.get("paths")  # where the code sees the inputs (servers before it: the local paths)
+        if isinstance(seen, list) and len(seen) == len(paths) and all(isinstance(p, str) for p in seen):
+            paths = seen
         try:
             return RemoteSession(self, host, _checked_id(reply), tuple(paths))
         except ServiceError:
@@ -386,7 +389,8 @@ class _Broken(ServiceUnavailable):
 class RemoteSession:
     """A sandbox episode on a server, with the interface of `thyme.sandbox.Session`.
 
-    url: the host it lives on (every call, fork and image of the session goes there).
+    url:    the host it lives on (every call, fork and image of the session goes there).
+    inputs: the input paths as the code sees them on the server (`image_path` is the first).
     """
 
     def __init__(self, client: SandboxClient, host: Host, session_id: str, inputs: tuple[str, ...]) -> None:

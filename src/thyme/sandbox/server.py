@@ -7,7 +7,8 @@ share sandbox hosts.
 
 Endpoints (JSON bodies; errors are `{"error": "one sentence"}` with the matching status code):
     GET    /v1/health                        status, `isolation` layers, limits (no token needed)
-    POST   /v1/sessions                      {"inputs": [{"name": "a.jpg", "data": "<base64>"}]} -> {"id"}
+    POST   /v1/sessions                      {"inputs": [{"name": "a.jpg", "data": "<base64>"}]} -> {"id",
+                                             "paths": where the code sees each input}
     POST   /v1/sessions/{id}/run             {"code": "...", "images": "base64" | "url"} -> every
                                              `ExecutionResult` field; images as base64 or as URLs below
     GET    /v1/sessions/{id}/images/{name}   the bytes of an image a `run` returned as a URL

@@ -176,7 +176,7 @@ class SessionService:
             shutil.rmtree(inputs_dir, ignore_errors=True)
             raise
         self._register(sid, _Entry(session, inputs_dir))
-        return {"id": sid, "inputs": [p.name for p in paths]}
+        return {"id": sid, "inputs": [p.name for p in paths], "paths": list(session.inputs)}
 
     def run(self, sid: str, body: dict[str, Any]) -> dict[str, Any]:
         _only_keys(body, {"code", "images"})
