@@ -108,7 +108,7 @@ class AgentServer(GenerationServer):
         """Run the whole loop and answer with the turn (`on_text` unused: `stream` streams the loop)."""
         traj = self._run(request)
         try:
-            return self._completion(request, traj, head or self.head())
+            return self._completion(traj, head or self.head())
         finally:
             shutil.rmtree(traj.root, ignore_errors=True)
 
@@ -124,7 +124,7 @@ class AgentServer(GenerationServer):
         except _ClientGone:
             return
         try:
-            completion = self._completion(request, traj, head)
+            completion = self._completion(traj, head)
         finally:
             shutil.rmtree(traj.root, ignore_errors=True)
         try:
@@ -148,7 +148,7 @@ class AgentServer(GenerationServer):
             except InputError as exc:  # the question or image the loop cannot take (parsing caught most)
                 raise ApiError(400, str(exc), param="messages") from None
 
-    def _completion(self, request: AgentRequest, traj: Trajectory, head: dict[str, Any]) -> AgentCompletion:
+    def _completion(self, traj: Trajectory, head: dict[str, Any]) -> AgentCompletion:
         final = traj.final
         if final is not None and final.reason == "error":
             raise ApiError(502, f"the run failed: {traj.error}", type_="server_error")
@@ -193,6 +193,7 @@ class _LiveRun:
     def __init__(self, server: AgentServer, head: dict[str, Any], emit: Callable[[dict[str, Any]], bool]):
         self.server, self.head, self.emit = server, head, emit
         self.started = False
+        self.gone = False  # the client left: every later callback ends the run at once
         self.step = 1  # the step being generated
         self.text: LiveText | None = None  # this step's live text, while tokens arrive
 
@@ -201,13 +202,15 @@ class _LiveRun:
         chunk = self.server.chunk
         if not self.started:
             self.started = True
-            if not self.emit(chunk(self.head, ROLE_DELTA)):
-                raise _ClientGone
+            self.gone = not self.emit(chunk(self.head, ROLE_DELTA))
         delta = {"content": content} if content else {}
-        if not self.emit({**chunk(self.head, delta, *(finish or (None, None))), "thyme": thyme}):
+        if self.gone or not self.emit({**chunk(self.head, delta, *(finish or (None, None))), "thyme": thyme}):
+            self.gone = True
             raise _ClientGone
 
     def on_tokens(self, ids: list[int]) -> bool:
+        if self.gone:
+            return False
         if self.text is None:
             backend = self.server.agent.backend
             self.text = LiveText(backend, STOP_STRINGS, True, self._text_delta)
@@ -222,6 +225,8 @@ class _LiveRun:
         return True
 
     def on_event(self, _index: int, event: Event) -> None:
+        if self.gone:
+            raise _ClientGone
         live, self.text = self.text, None
         if isinstance(event, ModelText):
             rest = live.rest(event.text) if live is not None else event.text
