@@ -39,7 +39,9 @@ def test_sandbox_check_reports_layers_and_passes_selftest():
     names = {layer["name"]: layer["active"] for layer in report["layers"]}
     assert names["process"] is True and names["wall_clock"] is True
     assert "seccomp" in names  # reported, active or not
+    assert names["lineage"] is (os.geteuid() != 0)  # an ordinary user's containment; root has its uids
     assert report["checks"] and all(c["passed"] for c in report["checks"])
+    assert {"what it started dies with it", "processes are capped"} <= {c["name"] for c in report["checks"]}
 
 
 def test_sandbox_check_runs_the_selftest_in_the_filesystem_view_or_says_why_not():

@@ -71,25 +71,22 @@ def pid_namespace_processes(ns_inode: int) -> set[int]:
 
 class LineageWatch:
     """Every live process of one session's lineage, seen from outside: the processes of its uid (a root
-    parent's lineages have one each), or its worker and the PID namespace below it (an ordinary user's).
-    Holding the namespace open keeps its inode number from going to a new namespace while the test looks."""
+    parent's lineages have one each) or of its PID namespace (an ordinary user's). Holding the namespace open
+    keeps its inode number from going to a new namespace while the test looks."""
 
     def __init__(self, session) -> None:
         handle = session._handle
-        self.uid, self.worker = handle.uid, handle.pid
+        self.uid = handle.uid
         self._ns_fd = None
         if self.uid is None:
-            self._ns_fd = os.open(f"/proc/{handle.pid}/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+            self._ns_fd = os.open(f"/proc/{handle.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             self.ns_inode = os.fstat(self._ns_fd).st_ino
-            assert self.ns_inode != os.stat("/proc/self/ns/pid").st_ino, (
-                "the worker's children share our PID ns"
-            )
+            assert self.ns_inode != os.stat("/proc/self/ns/pid").st_ino, "the worker shares our PID namespace"
 
     def processes(self) -> set[int]:
         if self.uid is not None:
             return uid_processes(self.uid)
-        worker = {self.worker} if pid_alive(self.worker) else set()
-        return worker | pid_namespace_processes(self.ns_inode)
+        return pid_namespace_processes(self.ns_inode)
 
     def close(self) -> None:
         if self._ns_fd is not None:

@@ -50,6 +50,7 @@ from PIL import Image
 from sandbox_procs import LineageWatch, pid_alive, process_limit
 
 from thyme.sandbox import ExecutionResult, Sandbox, SandboxConfig, Session
+from thyme.sandbox.lineage import host_pid
 from thyme.sandbox.soak import output_mounts
 
 TIMEOUT = 3.0
@@ -893,10 +894,8 @@ def test_a_parent_session_cannot_reach_into_its_forks(request, scene, name):
             crash = parent.run("import os\nos._exit(0)")  # the parent's next call gets a fresh worker
             assert "SandboxCrash" in crash.error
         code = (
-            # The fork's pid as the parent's code names it: a session's own worker sees the caller's pids (a
-            # fork's worker may live in its lineage's PID namespace and see another number for itself).
-            f"FORK, FORK_PID, FORK_IMAGES = {str(fork.home)!r}, {fork._handle.pid}, "
-            f"{str(fork.images_dir)!r}\n" + attempt(INTO_FORK[name])
+            f"FORK, FORK_PID, FORK_IMAGES = {str(fork.home)!r}, {int(own.stdout)}, {str(fork.images_dir)!r}\n"
+            + attempt(INTO_FORK[name])
         )
         result = parent.run(code)
         try:
@@ -1003,7 +1002,8 @@ def test_processes_started_by_model_code_die_with_the_session(request, scene, ho
     with scene.session() as s:
         result = s.run(code)
         assert result.ok, result.error
-        leader = int(result.stdout)
+        leader = host_pid(s._handle.pid, int(result.stdout))  # in a lineage's PID namespace: another number
+        assert leader is not None, "the attack did not start"
         # A loaded machine may not have run the child's setsid yet: look again before deciding that the
         # attack did not start.
         started, members = time.monotonic() + 2.0, set()

@@ -55,14 +55,15 @@ def test_disk_quota_is_reported_and_checked_where_active(request, selftest):
     assert checks["cannot fill the disk"]["passed"], checks["cannot fill the disk"]
 
 
-def test_the_selftest_checks_that_leftover_processes_die_where_a_layer_makes_them(request, selftest):
+def test_the_selftest_checks_leftovers_and_the_process_cap_where_a_layer_holds_them(request, selftest):
     active = {layer["name"] for layer in selftest["layers"] if layer["active"]}
-    if not {"cgroup", "reaper"} & active:
+    if not {"cgroup", "reaper", "lineage"} & active:
         request.applymarker(
-            pytest.mark.xfail(strict=True, reason="no cgroup and no reaper: an ordinary user without cgroups")
+            pytest.mark.xfail(strict=True, reason="no cgroup, reaper or lineage layer holds them")
         )
     checks = {check["name"]: check for check in selftest["checks"]}
-    assert checks["what it started dies with it"]["passed"], checks["what it started dies with it"]
+    for name in ("what it started dies with it", "processes are capped"):
+        assert checks[name]["passed"], checks[name]
 
 
 def test_workers_run_unprivileged(sandbox, scene_jpeg):

@@ -237,16 +237,22 @@ class Zygote:
             for fd in fds:
                 os.close(fd)
             raise SandboxError(self.note("the sandbox zygote sent a malformed spawn reply"))
-        handle = WorkerHandle.adopt(socket.socket(fileno=fds[0]), reply["pid"])
+        sock = socket.socket(fileno=fds[0])
+        lineage = None
+        if limits.get("lineage"):  # the process forked founds a lineage; its worker answers from inside
+            founding = wire.Channel(sock, MAX_REPLY_BYTES)
+            try:
+                sock, lineage = receive_lineage(founding)
+            except wire.WireError as exc:
+                raise SandboxError(
+                    self.note(f"a sandbox worker could not found its lineage ({exc})")
+                ) from None
+            finally:
+                founding.close()
+        handle = WorkerHandle.adopt(sock, reply["pid"] if lineage is None else peer_pid(sock))
         handle.uid = limits.get("uid")
         handle.zygote = self
-        if limits.get("lineage"):
-            try:
-                handle.lineage = receive_lineage(handle.channel)
-            except wire.WireError as exc:
-                handle.kill()
-                problem = f"a sandbox worker could not found its lineage ({exc})"
-                raise SandboxError(self.note(problem)) from None
+        handle.lineage = lineage
         return handle
 
     def reap(self, uid: int) -> None:

@@ -363,7 +363,7 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolate_descriptors(sock.fileno())
     if limits.get("lineage"):  # an ordinary user's lineage: its own user and PID namespaces, first
-        lineage.found(sock.fileno(), drop_capabilities)
+        sock = lineage.found(sock, drop_capabilities)
     apply_limits(limits)
     setup_error = None
     if limits.get("uid") is not None:  # a root parent: become an unprivileged user
