@@ -16,9 +16,10 @@ server, not in Python.
 
 Several hosts: `SandboxClient(["http://a:8765", "http://b:8765"])` (or one comma-separated string) spreads
 new sessions over the hosts, each to the host with the fewest sessions this client has open there (ties at
-random, so that many clients spread too). A session stays on its host: its state lives there, and so do its
-forks. A host that cannot be connected to is *down*: new sessions go to the other hosts, and after
-`retry_down_s` it is tried again (when every host is down, all are tried). A session whose host stops
+random, so that many clients spread too; the choice lives in `thyme.sandbox.hosts`). A session stays on its
+host: its state lives there, and so do its forks. A host that cannot be connected to is *down*: new sessions
+go to the other hosts, and after `retry_down_s` it is tried again (when every host is down, all are tried);
+`client.hosts()` shows what the client knows of each. A session whose host stops
 answering raises `SessionLost` from its calls: its state is gone (or unreachable), so the caller opens a new
 session, which lands on a live host, and re-runs its episode; nothing is re-created behind its back, because
 a silently fresh session would run code against variables that no longer exist.
