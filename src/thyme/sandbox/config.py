@@ -20,7 +20,8 @@ class SandboxConfig:
     """How sessions are run and what their outputs may be.
 
     timeout_s:           wall-clock limit of one `run` call; the worker is killed when it passes.
-    memory_mb:           address-space limit of a worker process.
+    memory_mb:           address-space limit of a worker process (and of each process its code starts); with
+                         a memory cgroup also the limit of each worker's whole process tree.
     pool_size:           workers kept forked and waiting, so that a session starts without a fork.
     max_stdout_chars:    printed text kept per call (the rest is dropped and `truncated` is set).
     max_images_per_call: images collected from one call; further ones are listed in `rejected`.
@@ -36,8 +37,10 @@ class SandboxConfig:
                          fork has a quota of its own. Enforced where the `disk_quota` layer is active.
     output_files:        files and directories one session's output directory may hold (ENOSPC beyond).
     open_files:          descriptors a worker may hold (RLIMIT_NOFILE).
-    max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available;
-                         a root parent without cgroups caps the lineage's own uid with RLIMIT_NPROC).
+    max_processes:       processes and threads one worker's tree may hold (pids cgroup, where available).
+                         Without a cgroup it caps a whole lineage, a session and its forks together, with
+                         RLIMIT_NPROC: on the lineage's own uid (root parents) or in its own user namespace
+                         (ordinary users; the lineage's init counts too).
     png_compress_level:  zlib level (0-9) of PNGs that model code saves without choosing one; None keeps
                          PIL's 6. Saved images are read once, for the next model turn, so the default is 1,
                          the level OpenCV's `imwrite` uses too: the same pixels (PNG is lossless) at a

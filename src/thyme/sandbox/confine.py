@@ -64,7 +64,8 @@ def apply_limits(limits: dict[str, Any]) -> None:
         resource.RLIMIT_CPU: int(limits.get("cpu_s") or 0),
         resource.RLIMIT_FSIZE: int(limits.get("file_mb") or 0) << 20,
         resource.RLIMIT_NOFILE: int(limits.get("open_files") or 0),
-        # Counted per uid, so it caps a worker's lineage only where that uid is its own (root parents).
+        # Counted per uid and user namespace, so it caps a worker's lineage only where that uid is its own
+        # (root parents) or the lineage has a user namespace of its own (ordinary users: sandbox.lineage).
         resource.RLIMIT_NPROC: int(limits.get("processes") or 0),
         resource.RLIMIT_CORE: 0,
     }

@@ -3,7 +3,8 @@
 Each layer is reported honestly: `active` is True only when the code that enforces it exists and the kernel
 supports it here. `required` layers are the ones this build enforces everywhere; when one is missing the
 sandbox refuses to start unless the user passes `allow_weak_isolation=True`. cgroups are reported but not
-required, because an ordinary user usually cannot create them; nor is the disk quota, which needs a mount
+required, because an ordinary user usually cannot create them (lineages, user and PID namespaces per
+session lineage, contain an ordinary user's processes instead); nor is the disk quota, which needs a mount
 namespace the zygote may mount in (root, or an ordinary user with user namespaces). What no layer covers is
 said in the README, so `thyme sandbox check` never claims more than the sandbox does.
 """
