@@ -190,6 +190,16 @@ def test_a_lineage_shares_one_process_limit_and_a_full_one_refuses_forks(sandbox
         assert s.run("print(kept)").stdout == "1\n"
 
 
+def test_closed_forks_do_not_use_up_the_lineages_process_limit(sandbox, scene_jpeg):
+    """A killed fork stays a zombie until its parent's worker reaps it, and zombies count against the limit:
+    far more forks than max_processes, made and closed one after another, must all start."""
+    with sandbox.session(inputs=[scene_jpeg]) as s:
+        s.run("n = 0")
+        for k in range(4 * MAX_PROCESSES):
+            with s.fork() as fork:
+                assert fork.run("print(n)").stdout == "0\n", k
+
+
 OUT_OF_RANGE = [0, UID_BASE - 1, UID_BASE + UID_COUNT, os.getuid()]
 
 

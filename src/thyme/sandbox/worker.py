@@ -115,6 +115,20 @@ class SessionState:
     fired: list[str] = field(default_factory=list)
     landlocked: bool = False
     layers: int = 0  # Landlock layers this process is under
+    branches: list[int] = field(default_factory=list)  # forks this process made, to reap once they die
+
+    def reap_branches(self) -> None:
+        """Collect the forks of this session that were killed: a dead child stays a zombie until its parent
+        waits for it, and zombies count against the process limit (RLIMIT_NPROC, pids.max) like the living.
+        A pid that is not our child (any more: after `renew`, or reaped by the session's code) is dropped."""
+        alive = []
+        for pid in self.branches:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    alive.append(pid)
+            except ChildProcessError:
+                pass
+        self.branches = alive
 
     def bind(self, msg: dict[str, Any]) -> dict[str, bool]:
         """Take the session's identity and confine this process to it; returns the layers enforced."""
@@ -278,7 +292,10 @@ def fork_session(
         wire.send_frame(sock, {"refused": refusal})
         return None
 
+    state.reap_branches()
+
     def prepare() -> None:
+        state.branches = []  # the parent's forks are not this branch's children
         _copy_outputs(state.output_dir, new_output_dir)
         _rebase(state, new_output_dir)
         state.narrow(forks_dir)  # from now on this branch writes only its own tree
@@ -289,6 +306,7 @@ def fork_session(
         wire.send_frame(sock, {"refused": _no_fork(exc)})
         return None
     if mine is None:
+        state.branches.append(pid)
         wire.send_frame(sock, {"ok": True, "child": pid})
     return mine
 
@@ -406,6 +424,7 @@ def serve(sock: socket.socket, limits: dict[str, Any], mount_error: str | None =
                     wire.send_frame(sock, {"ok": False, "error": f"confinement failed: {exc}"})
                     os._exit(0)
             call = int(msg.get("call", call + 1))
+            state.reap_branches()
             reply = run_code(state, str(msg["code"]), call)
             for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
                 signal.setitimer(timer, 0)  # no handler of the code fires between calls (see `renew`)
