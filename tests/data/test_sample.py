@@ -58,6 +58,31 @@ def test_toyworld_rows_convert_with_the_eval_prompt(tmp_path):
     assert row["question"] in gold.user[1].text and "Image size: 1792x1792" in gold.user[1].text
 
 
+@pytest.mark.parametrize("level", ["find", "colour"])
+def test_toyworld_colour_crops_carry_the_chip_as_a_region(tmp_path, level):
+    """The auxiliary loss's target in the fed-back crop: the chip's box, classed by its colour."""
+    from thyme.data.toyworld import generate
+    from thyme.data.toyworld.draw import PALETTE
+
+    generate("zoom", 3, 0, tmp_path / level, level=level, verify=False)
+    for line in (tmp_path / level / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        gold = Sample.from_toyworld(row, tmp_path / level)
+        (crop,) = [r for r in gold.regions if r.image == 1]
+        assert crop.label == 2 + list(PALETTE).index(row["answer"])
+        with Image.open(gold.images[1]) as img:
+            pixels = img.convert("RGB")
+            x0, y0, x1, y1 = crop.box
+            assert 0 <= x0 < x1 <= img.width and 0 <= y0 < y1 <= img.height
+            assert pixels.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == PALETTE[row["answer"]]
+            # up to its corners the box is the chip (the nearest palette colour; enlarging rings at the edges)
+            for x, y in ((x0 + 2, y0 + 2), (x1 - 3, y1 - 3), (x0 + 2, y1 - 3), (x1 - 3, y0 + 2)):
+                rgb = pixels.getpixel((x, y))
+                nearest = min(PALETTE, key=lambda name: sum((a - b) ** 2 for a, b in zip(PALETTE[name], rgb)))
+                assert nearest == row["answer"], (x, y, rgb)
+        assert not [r for r in Sample.from_toyworld(row, tmp_path / level, variant="direct").regions if r.image]
+
+
 def test_json_round_trip_keeps_everything(tmp_path):
     image = tmp_path / "images" / "u.png"
     image.parent.mkdir()

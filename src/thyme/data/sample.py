@@ -164,6 +164,8 @@ class Sample:
             Region(0, tuple(int(v) for v in label["box"]), 1)
             for label in row.get("meta", {}).get("labels", ())
         )
+        if variant == "gold":
+            regions += _crop_regions(row.get("meta", {}), row["answer"], fed)
         return cls(
             id=f"{row['id']}" if variant == "gold" else f"{row['id']}-direct",
             system=chosen.system,
@@ -353,3 +355,35 @@ def _rel(path: Path, root: Path | None) -> str:
         except ValueError:
             pass
     return str(path)
+
+
+def _crop_regions(meta: Mapping[str, Any], answer: str, fed: Sequence[Path]) -> tuple[Region, ...]:
+    """The colour chip in each fed-back crop of a colour question, labelled with its colour class.
+
+    Class 1 marks a label on the user image; class `2 + i` is `PALETTE`'s i-th colour seen in a crop, so an
+    auxiliary loss over toy-world colour crops has `aux.classes: 10`. The chip's box maps from the user image into the crop by the crop's
+    scale (the fed image's size over its crop box), so the auxiliary loss can teach the vision tower to read
+    the chip where the model is asked to read it.
+    """
+    from PIL import Image
+
+    from thyme.data.toyworld.draw import PALETTE
+
+    chip, boxes = meta.get("content_box"), meta.get("crop_boxes") or ()
+    if meta.get("target") != "colour" or chip is None or answer not in PALETTE or len(boxes) != len(fed):
+        return ()
+    out = []
+    for index, (box, image) in enumerate(zip(boxes, fed, strict=True), start=1):
+        with Image.open(image) as img:
+            width, height = img.size
+        sx, sy = width / (box[2] - box[0]), height / (box[3] - box[1])
+        inside = (
+            max(0, round((chip[0] - box[0]) * sx)),
+            max(0, round((chip[1] - box[1]) * sy)),
+            min(width, round((chip[2] - box[0]) * sx)),
+            min(height, round((chip[3] - box[1]) * sy)),
+        )
+        if inside[2] > inside[0] and inside[3] > inside[1]:
+            out.append(Region(index, inside, 2 + list(PALETTE).index(answer)))
+    return tuple(out)
+
