@@ -63,6 +63,7 @@ def test_toyworld_colour_crops_carry_the_chip_as_a_region(tmp_path, level):
     """The auxiliary loss's target in the fed-back crop: the chip's box, classed by its colour."""
     from thyme.data.toyworld import generate
     from thyme.data.toyworld.draw import PALETTE
+    from thyme.data.toyworld.read import nearest_colour
 
     generate("zoom", 3, 0, tmp_path / level, level=level, verify=False)
     for line in (tmp_path / level / "samples.jsonl").read_text().splitlines():
@@ -77,10 +78,9 @@ def test_toyworld_colour_crops_carry_the_chip_as_a_region(tmp_path, level):
             assert pixels.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == PALETTE[row["answer"]]
             # up to its corners the box is the chip (the nearest palette colour; enlarging rings at the edges)
             for x, y in ((x0 + 2, y0 + 2), (x1 - 3, y1 - 3), (x0 + 2, y1 - 3), (x1 - 3, y0 + 2)):
-                rgb = pixels.getpixel((x, y))
-                nearest = min(PALETTE, key=lambda name: sum((a - b) ** 2 for a, b in zip(PALETTE[name], rgb)))
-                assert nearest == row["answer"], (x, y, rgb)
-        assert not [r for r in Sample.from_toyworld(row, tmp_path / level, variant="direct").regions if r.image]
+                assert nearest_colour(pixels.getpixel((x, y))) == row["answer"], (x, y)
+        direct = Sample.from_toyworld(row, tmp_path / level, variant="direct")
+        assert not [r for r in direct.regions if r.image]
 
 
 def test_json_round_trip_keeps_everything(tmp_path):

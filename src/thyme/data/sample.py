@@ -361,9 +361,9 @@ def _crop_regions(meta: Mapping[str, Any], answer: str, fed: Sequence[Path]) -> 
     """The colour chip in each fed-back crop of a colour question, labelled with its colour class.
 
     Class 1 marks a label on the user image; class `2 + i` is `PALETTE`'s i-th colour seen in a crop, so an
-    auxiliary loss over toy-world colour crops has `aux.classes: 10`. The chip's box maps from the user image into the crop by the crop's
-    scale (the fed image's size over its crop box), so the auxiliary loss can teach the vision tower to read
-    the chip where the model is asked to read it.
+    auxiliary loss over toy-world colour crops has `aux.classes: 10`. The chip's box maps from the user image
+    into the crop by the crop's scale (the fed image's size over its crop box), so the auxiliary loss can
+    teach the vision tower to read the chip where the model is asked to read it.
     """
     from PIL import Image
 
@@ -386,4 +386,3 @@ def _crop_regions(meta: Mapping[str, Any], answer: str, fed: Sequence[Path]) -> 
         if inside[2] > inside[0] and inside[3] > inside[1]:
             out.append(Region(index, inside, 2 + list(PALETTE).index(answer)))
     return tuple(out)
-
