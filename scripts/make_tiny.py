@@ -84,8 +84,9 @@ def _paths(stage: str, work: Path) -> dict[str, str]:
     return {"model": str(work / "sft"), "output_dir": str(work / "grpo"), "data": json.dumps(data)}
 
 
-def evaluate(model: Path, work: Path, tag: str) -> dict[str, dict[str, float]]:
-    """Accuracy with and without tools (and the code-call rate) of `model` on each test set."""
+def evaluate(model: Path, work: Path, tag: str, limit: int) -> dict[str, dict[str, float]]:
+    """Accuracy with and without tools (and the code-call rate) of `model` on each test set (the first
+    `limit` samples of each)."""
     from thyme.eval.report import load_modes, tool_stats
 
     table: dict[str, dict[str, float]] = {}
@@ -93,8 +94,8 @@ def evaluate(model: Path, work: Path, tag: str) -> dict[str, dict[str, float]]:
         out = work / "eval" / tag / name
         thyme(
             "eval", "--task", EVAL_TASK[task], "--model", str(model), "--data", str(work / "test" / name),
-            "--out", str(out), "--both", "--limit", str(n_test), "--device", "cpu", "--max-steps", "3",
-            "--max-new-tokens", "320", "--concurrency", "16",
+            "--out", str(out), "--both", "--limit", str(min(limit, n_test)), "--device", "cpu",
+            "--max-steps", "3", "--max-new-tokens", "320", "--concurrency", "16",
         )  # fmt: skip
         row: dict[str, float] = {}
         for mode in load_modes(out):
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "tiny", help="working directory")
     parser.add_argument("--no-install", action="store_true", help="leave src/thyme/models/thyme-tiny alone")
+    parser.add_argument("--eval-limit", type=int, default=200, help="held-out samples per test set (max 200)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     started = time.perf_counter()
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "sft_minutes": round(sft_minutes, 1),
         "rl_minutes": round(rl_minutes, 1),
-        "sft": evaluate(work / "sft", work, "sft"),
-        "grpo": evaluate(work / "grpo", work, "grpo"),
+        "eval_samples": min(args.eval_limit, min(n for *_, n in SETS)),
+        "sft": evaluate(work / "sft", work, "sft", args.eval_limit),
+        "grpo": evaluate(work / "grpo", work, "grpo", args.eval_limit),
     }
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_install:
