@@ -39,9 +39,10 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# The sandbox behaves differently for an ordinary user (user namespaces, no uid pool, no cgroups). As root,
-# this runs the sandbox tests as a throwaway unprivileged user, with a virtualenv of the system Python (the
-# root one may live under /root, which other users cannot read).
+# The sandbox behaves differently for an ordinary user (user namespaces, a user and PID namespace per lineage
+# instead of a uid pool, no cgroups). As root, this runs the sandbox tests (and the sandbox commands' CLI
+# tests) as a throwaway unprivileged user, with a virtualenv of the system Python (the root one may live
+# under /root, which other users cannot read).
 TEST_USER ?= thyme-ci
 test-unprivileged:
 	@test "$$(id -u)" = 0 || { echo "run as root: it creates the user $(TEST_USER)"; exit 2; }
@@ -49,7 +50,7 @@ test-unprivileged:
 	rm -rf /home/$(TEST_USER)/repo && mkdir -p /home/$(TEST_USER)/repo
 	git ls-files -z | xargs -0 -I{} cp --parents {} /home/$(TEST_USER)/repo/
 	chown -R $(TEST_USER): /home/$(TEST_USER)/repo
-	su $(TEST_USER) -c 'cd ~/repo && /usr/bin/python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev,models]" $(TORCH) && .venv/bin/pytest -q tests/sandbox tests/test_cli.py'
+	su $(TEST_USER) -c 'cd ~/repo && /usr/bin/python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev,models]" $(TORCH) && .venv/bin/pytest -q tests/sandbox && .venv/bin/pytest -q tests/test_cli.py -k sandbox'
 
 # The verl agent loop needs verl's own environment (verl 0.9 pins an older transformers): a second
 # virtualenv, .venv-verl/, where the adapter runs inside real verl against a fake server manager and a real
