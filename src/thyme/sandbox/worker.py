@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from thyme.sandbox.repairs import REPAIR_NAMES, RepairContext, apply_repairs
 
 MAX_REQUEST_BYTES = 16 << 20
 MAX_LANDLOCK_LAYERS = 16  # the kernel's cap on stacked Landlock domains (LANDLOCK_MAX_NUM_LAYERS)
+FORK_RETRY_S = 0.5  # how long a fork at the process limit waits for killed forks to finish exiting
 
 
 class CappedText(io.TextIOBase):
@@ -300,11 +302,20 @@ def fork_session(
         _rebase(state, new_output_dir)
         state.narrow(forks_dir)  # from now on this branch writes only its own tree
 
-    try:
-        mine, pid = branch(sock, {"forked": True}, prepare)
-    except OSError as exc:
-        wire.send_frame(sock, {"refused": _no_fork(exc)})
-        return None
+    deadline = time.monotonic() + FORK_RETRY_S
+    while True:
+        try:
+            mine, pid = branch(sock, {"forked": True}, prepare)
+            break
+        except BlockingIOError as exc:  # at the process limit: forks just closed may still be exiting
+            if not state.branches or time.monotonic() > deadline:
+                wire.send_frame(sock, {"refused": _no_fork(exc)})
+                return None
+            time.sleep(0.01)
+            state.reap_branches()
+        except OSError as exc:
+            wire.send_frame(sock, {"refused": _no_fork(exc)})
+            return None
     if mine is None:
         state.branches.append(pid)
         wire.send_frame(sock, {"ok": True, "child": pid})
