@@ -63,7 +63,12 @@ def test_resumed_run_matches_the_uninterrupted_one(tiny_model_dir, compute_data,
     shutil.rmtree(cut / "checkpoint-6")
     (cut / RESULT_FILE).unlink()
     (cut / "model.safetensors").unlink()
+    # each checkpoint records the minutes so far; the resumed run counts on from there
+    clock = cut / "checkpoint-3" / "thyme_clock.json"
+    assert 0 < json.loads(clock.read_text())["minutes"] < 10
+    clock.write_text(json.dumps({"minutes": 100.0}))
     resumed = run_sft(config(tiny_model_dir, compute_data, cut, **kw))
+    assert 100 < resumed.minutes < 110
     assert losses(resumed) == pytest.approx(losses(whole), abs=1e-6)
     a, b = weights(tmp_path / "whole"), weights(cut)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6

@@ -8,7 +8,8 @@ of a run is the same and lives here once:
 - `trainer_arguments(config)`: the TrainingArguments fields both stages fill from their config;
 - `freeze_vision`, `lora_config`: what trains;
 - `save_final(trainer, processor, out, result_file, summary)`: the final model in the hub layout (LoRA
-  merged, training aids removed), the processor, and the run's summary JSON.
+  merged, training aids removed), the processor, and the run's summary JSON;
+- `TrainingClock`: the minutes a run took, counted across its resumed attempts.
 
 The stage configs share these keys by name (duck typing): model, output_dir, data, deepspeed, device,
 precision, resume, finetune, lora, freeze_vision, train_merger, and the optimisation and logging keys.
@@ -193,3 +194,40 @@ def lora_config(config):
         modules_to_save=keep or None,
         task_type="CAUSAL_LM",
     )
+
+
+class TrainingClock:
+    """The wall-clock minutes a run took, across the attempts that resumed it.
+
+    Each checkpoint records the minutes spent up to it (`thyme_clock.json`); a run resumed from a checkpoint
+    starts its count there, so a summary's `minutes` is the time of the attempts that produced the model
+    (what ran after the last checkpoint of an interrupted attempt is lost work and not counted).
+    `callback()` is the TRL/transformers callback that writes the record.
+    """
+
+    FILE = "thyme_clock.json"
+
+    def __init__(self, resume: str | None, started: float) -> None:
+        """resume: the checkpoint this attempt starts from (None: a fresh run); started: when this attempt
+        began (`time.perf_counter()`)."""
+        record = Path(resume) / self.FILE if resume else None
+        self.before = float(json.loads(record.read_text())["minutes"]) if record and record.is_file() else 0.0
+        self._started = started
+
+    def minutes(self) -> float:
+        import time
+
+        return self.before + (time.perf_counter() - self._started) / 60
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Record(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if state.is_world_process_zero and folder.is_dir():
+                    atomic_write(folder / clock.FILE, json.dumps({"minutes": clock.minutes()}) + "\n")
+
+        return _Record()

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from thyme.config import ConfigError, to_plain
-from thyme.train.common import check_run, freeze_vision, lora_config, save_final, trainer_arguments
+from thyme.train.common import (
+    TrainingClock,
+    check_run,
+    freeze_vision,
+    lora_config,
+    save_final,
+    trainer_arguments,
+)
 from thyme.train.grpo_config import GRPOConfig
 
 log = logging.getLogger(__name__)
@@ -180,8 +187,10 @@ def run_grpo(config: GRPOConfig) -> GRPOResult:
             scale=config.scale_rewards,
             code_call_floor=config.code_call_floor,
         )
+        clock = TrainingClock(resume, started)
+        trainer.add_callback(clock.callback())
         output = trainer.train(resume_from_checkpoint=resume)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = clock.minutes()
     history = list(trainer.state.log_history)
     rollout_minutes = trainer.rollout_seconds / 60
     summary = {

@@ -27,6 +27,7 @@ from typing import Any
 
 from thyme.config import to_plain
 from thyme.train.common import (
+    TrainingClock,
     check_run,
     freeze_vision,
     lora_config,
@@ -127,8 +128,10 @@ def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
     trainer, train, processor, resume = prepared.trainer, prepared.train, prepared.processor, prepared.resume
     device = "cpu" if trainer.args.use_cpu else str(trainer.args.device)
     log.info("training on %s (%d samples, %d left out)", device, train.size, len(train.dropped))
+    clock = TrainingClock(resume, started)
+    trainer.add_callback(clock.callback())
     output = trainer.train(resume_from_checkpoint=resume)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = clock.minutes()
     summary = {
         "config": to_plain(config),
         "samples": train.size,
