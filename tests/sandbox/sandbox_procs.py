@@ -43,6 +43,21 @@ def uid_processes(uid: int) -> set[int]:
     return found
 
 
+def uid_tasks_with_zombies(uid: int) -> set[int]:
+    """Processes whose real uid is `uid`, zombies too (RLIMIT_NPROC counts them until they are reaped)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    uid_line = next(line for line in f if line.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if int(uid_line.split()[1]) == uid:
+                found.add(int(entry))
+    return found
+
+
 def user_tasks(uid: int) -> int:
     """Processes and threads whose real uid is `uid` (what the kernel's RLIMIT_NPROC counts for it)."""
     count = 0

@@ -24,7 +24,7 @@ import signal
 import time
 
 import pytest
-from sandbox_procs import LineageWatch, process_limit
+from sandbox_procs import LineageWatch, process_limit, uid_tasks_with_zombies
 
 from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
 from thyme.sandbox import cgroups as sandbox_cgroups
@@ -195,6 +195,11 @@ def test_closed_forks_do_not_use_up_the_lineages_process_limit(sandbox, scene_jp
     far more forks than max_processes, made and closed one after another, must all start."""
     with sandbox.session(inputs=[scene_jpeg]) as s:
         s.run("n = 0")
+        uid = s._handle.uid
+        if uid is not None:  # a root parent's uid may come from a Sandbox closed just before, whose killed
+            deadline = time.monotonic() + 10  # processes, reparented to pid 1, wait there to be reaped
+            while uid_tasks_with_zombies(uid) - {s._handle.pid} and time.monotonic() < deadline:
+                time.sleep(0.05)
         for k in range(4 * MAX_PROCESSES):
             with s.fork() as fork:
                 assert fork.run("print(n)").stdout == "0\n", k
