@@ -213,7 +213,9 @@ class Sandbox:
             self._wanted.notify()
         return handle if handle is not None else self._spawn()
 
-    def _spawn(self) -> WorkerHandle:
+    def _spawn(self, make_room: bool = True) -> WorkerHandle:
+        """A fresh worker. After a failed fork `make_room` lets it kill the idle pool (a caller waiting for a
+        session); the pool thread itself only backs off."""
         limits = dict(self._limits)
         if self.uids is not None:
             limits["uid"] = self.uids.acquire()
@@ -221,7 +223,7 @@ class Sandbox:
             try:
                 handle = self._zygote.spawn(limits)
             except SandboxError as failure:  # make room or restart a dead zygote, then give up loudly
-                handle = self._spawn_again(failure, limits)
+                handle = self._spawn_again(failure, limits, make_room)
         except BaseException:
             if self.uids is not None:
                 self.uids.release(limits["uid"])
@@ -230,19 +232,26 @@ class Sandbox:
         self.enclose(handle)
         return handle
 
-    def _spawn_again(self, failure: SandboxError, limits: dict) -> WorkerHandle:
+    def _spawn_again(self, failure: SandboxError, limits: dict, make_room: bool) -> WorkerHandle:
         """The pool survives what one session did: after a failed spawn, a zygote that died is restarted
         (its process group, every lineage included, is killed with it) and asked once more. One that is
-        alive but could not fork (the user's process limit, no memory) first gets room: the workers
-        waiting in the pool are killed, each with its lineage, and it is asked again for up to a second."""
+        alive but could not fork (the user's process limit, no memory) first gets room, when `make_room`:
+        the workers waiting in the pool are killed, each with its lineage, and it is asked again every
+        20 ms for up to a second (killed processes count against the limit until the kernel reaps them;
+        the pool thread may take the room meanwhile, so the pool is emptied again in every round)."""
         if not isinstance(failure, ForkFailed):
             return self._live_zygote().spawn(limits)
-        with self._lock:
-            idle, self._pool = self._pool, []
-        for handle in idle:
-            handle.kill()
-        for pause in (0.05, 0.15, 0.3, 0.5):
-            time.sleep(pause)  # killed processes count against the limit until the kernel has reaped them
+        if not make_room:
+            raise failure
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with self._lock:  # each round: the pool thread may have used the room for a worker meanwhile
+                idle, self._pool = self._pool, []
+                if idle:
+                    self._wanted.notify()  # the pool is short again
+            for handle in idle:
+                handle.kill()
+            time.sleep(0.02)
             try:
                 return self._live_zygote().spawn(limits)
             except ForkFailed as again:
@@ -292,7 +301,7 @@ class Sandbox:
                     self._cgroups.prepare(self.config.memory_mb, self.config.max_processes)
                     continue
                 if worker:
-                    made: WorkerHandle | Home = self._spawn()
+                    made: WorkerHandle | Home = self._spawn(make_room=False)
                 else:
                     made = Home.make(self, self._new_home(self.root), self._live_zygote())
             except (SandboxError, RuntimeError, OSError):

@@ -90,7 +90,7 @@ def found(channel: socket.socket, drop_capabilities: Callable[[], None]) -> sock
 
     def fail(exc: OSError) -> None:
         with contextlib.suppress(OSError):
-            wire.send_frame(channel, {"lineage_error": str(exc)[:500]})
+            wire.send_frame(channel, {"lineage_error": str(exc)[:500], "errno": exc.errno})
         os._exit(0)
 
     try:
@@ -171,17 +171,28 @@ class Lineage:
         os.close(pidfd)
 
 
+class FoundingFailed(Exception):
+    """A lineage could not be founded; `errno` is the kernel's answer where one failed (EAGAIN: a process
+    limit), else None."""
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.errno = errno
+
+
 def receive(channel: wire.Channel) -> tuple[socket.socket, Lineage]:
     """Read a fresh worker's first frame (see `found`) on the channel the zygote made: the socket the worker
-    serves on from now on, and its lineage. Raises `wire.WireError` saying why not. The worker has run no
-    model code yet, so what it says here is its own."""
+    serves on from now on, and its lineage. Raises `FoundingFailed` saying why not (a `wire.WireError` when
+    nothing came). The worker has run no model code yet, so what it says here is its own."""
     hello = channel.recv(time.monotonic() + HELLO_TIMEOUT_S)
     fds = channel.take_fds()
     if hello.get("lineage") is True and len(fds) == 2:
         return socket.socket(fileno=fds[0]), Lineage(fds[1])
     for fd in fds:
         os.close(fd)
-    raise wire.WireError(str(hello.get("lineage_error") or "a malformed first frame")[:500])
+    errno = hello.get("errno")
+    reason = str(hello.get("lineage_error") or "a malformed first frame")[:500]
+    raise FoundingFailed(reason, errno if isinstance(errno, int) else None)
 
 
 def host_pid(member: int, inner: int) -> int | None:

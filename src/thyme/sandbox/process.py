@@ -10,6 +10,7 @@ through which the caller reads what the worker wrote (the host path shows only t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import signal
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from thyme.sandbox import wire
 from thyme.sandbox.cgroups import WorkerCgroup
-from thyme.sandbox.lineage import Lineage
+from thyme.sandbox.lineage import FoundingFailed, Lineage
 from thyme.sandbox.lineage import receive as receive_lineage
 
 if TYPE_CHECKING:
@@ -243,10 +244,10 @@ class Zygote:
             founding = wire.Channel(sock, MAX_REPLY_BYTES)
             try:
                 sock, lineage = receive_lineage(founding)
-            except wire.WireError as exc:
-                raise SandboxError(
-                    self.note(f"a sandbox worker could not found its lineage ({exc})")
-                ) from None
+            except (wire.WireError, FoundingFailed) as exc:
+                problem = self.note(f"a sandbox worker could not found its lineage ({exc})")
+                refused = isinstance(exc, FoundingFailed) and exc.errno in (errno.EAGAIN, errno.ENOMEM)
+                raise (ForkFailed if refused else SandboxError)(problem) from None
             finally:
                 founding.close()
         handle = WorkerHandle.adopt(sock, reply["pid"] if lineage is None else peer_pid(sock))
