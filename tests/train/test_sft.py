@@ -3,12 +3,14 @@ LoRA merges, the auxiliary vision loss and the vision learning rate act, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from thyme.config import ConfigError
 from thyme.train.config import AuxLoss, DataSource, SFTConfig
 from thyme.train.sft import RESULT_FILE, prepare_sft, run_sft
 
@@ -109,6 +111,9 @@ def test_vision_learning_rate_scale_and_auxiliary_loss(tiny_model_dir, zoom_data
         vision_lr_scale=3.0,
         aux=AuxLoss(classes=2),
     )
+    with pytest.raises(ConfigError, match=r"region class \d+ but aux.classes=2; set aux.classes to at least \d+"):
+        prepare_sft(cfg)  # the colour crops carry their chip as class 2 + palette index
+    cfg = dataclasses.replace(cfg, aux=AuxLoss(classes=10))
     prepared = prepare_sft(cfg)
     optimizer = prepared.trainer.create_optimizer()
     rates = sorted({group["lr"] for group in optimizer.param_groups})

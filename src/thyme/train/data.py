@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from thyme.data.sample import read_samples
+from thyme.data.sample import SampleError, read_samples
 from thyme.models.encoding import Encoder, EncodingError
 from thyme.train.config import DataSource
 
@@ -34,6 +34,7 @@ class TrainingSet:
     dropped: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     per_source: dict[str, int] = field(default_factory=dict)
+    max_region_label: int = 0  # the largest auxiliary region class kept (0: no regions)
 
     @property
     def size(self) -> int:
@@ -69,6 +70,7 @@ def build_training_set(
             if length > max_length:
                 out.dropped.append(sample.id)
                 continue
+            out.max_region_label = max([out.max_region_label, *(r.label for r in sample.regions)])
             text = json.dumps(sample.to_dict(), ensure_ascii=False)
             for _ in range(source.repeat):
                 rows["sample"].append(text)
@@ -85,7 +87,7 @@ def build_training_set(
             ", ".join(out.dropped[:3]),
         )
     if not rows["sample"]:
-        raise ValueError("no sample to train on: every source is empty or every sample too long")
+        raise SampleError("no sample to train on: every source is empty or every sample too long")
     out.dataset = datasets.Dataset.from_dict(rows)
     return out
 

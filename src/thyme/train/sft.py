@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thyme.config import to_plain
+from thyme.config import ConfigError, to_plain
 from thyme.train.common import (
     TrainingClock,
     check_run,
@@ -91,6 +91,8 @@ def prepare_sft(config: SFTConfig, *, progress=None) -> Prepared:
     evaluation = None
     if config.eval_data:
         evaluation = build_training_set(config.eval_data, encoder, max_length=config.max_length)
+    if config.aux is not None:
+        check_aux_classes(config.aux, [train] + ([evaluation] if evaluation else []))
     args = trl_arguments(config)
     dataset = train.dataset
     if config.keep_modalities_apart:
@@ -119,6 +121,16 @@ def prepare_sft(config: SFTConfig, *, progress=None) -> Prepared:
         aux=config.aux,
     )
     return Prepared(trainer, train, processor, resume)
+
+
+def check_aux_classes(aux, sets) -> None:
+    """Refuse, before the model loads, data whose region classes the auxiliary head cannot hold."""
+    largest = max(s.max_region_label for s in sets)
+    if largest >= aux.classes:
+        raise ConfigError(
+            f"the data has auxiliary region class {largest} but aux.classes={aux.classes}; "
+            f"set aux.classes to at least {largest + 1} (classes count 0 = nothing)"
+        )
 
 
 def run_sft(config: SFTConfig, *, progress=None) -> SFTResult:
