@@ -3,7 +3,7 @@
     python benchmarks/agent_bench.py [--runs 5] [--json out.json]
 
 All figures come from one run on this machine, side by side:
-- loop overhead per step: the scripted tiny model (`thyme.models.scripted`) answers its questions through
+- loop overhead per step: the scripted tiny model (`thyme.testing.scripted`) answers its questions through
   `Agent.run` with the real sandbox; per step, wall time minus generation minus sandbox time is what the loop
   itself costs (prompt building, parsing, feedback rendering, image copies, events). Also the episode's own
   bookkeeping time (`timings["overhead_s"]`).
@@ -31,9 +31,9 @@ from sandbox_bench import report
 from thyme.agent import Agent, AgentConfig, Conversation, GenerationRequest, SamplingParams
 from thyme.agent.backends.transformers import TransformersBackend
 from thyme.models import build_tiny
-from thyme.models.scripted import SCRIPTS, build_scripted
 from thyme.protocol import ImagePart, TextPart, get_preset, render_feedback
 from thyme.sandbox import Sandbox, SandboxConfig
+from thyme.testing.scripted import SCRIPTS, build_scripted
 
 
 def noise_image(path: pathlib.Path, size: tuple[int, int], seed: int) -> pathlib.Path:

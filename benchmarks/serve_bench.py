@@ -2,7 +2,7 @@
 
     python benchmarks/serve_bench.py [--runs 10] [--json out.json]
 
-The scripted tiny model (`thyme.models.scripted`) answers "What is six times seven?" (one code step, the real
+The scripted tiny model (`thyme.testing.scripted`) answers "What is six times seven?" (one code step, the real
 sandbox, then the answer) in three ways, alternating, on the same agent:
 - direct: `Agent.run` in this process;
 - http: a non-streamed request to an in-process `AgentServer` on 127.0.0.1 (one keep-alive connection);
@@ -29,9 +29,9 @@ from sandbox_bench import report
 
 from thyme.agent import Agent, AgentConfig, SamplingParams
 from thyme.agent.backends.transformers import TransformersBackend
-from thyme.models.scripted import build_scripted
 from thyme.sandbox import Sandbox, SandboxConfig
 from thyme.serve.agent import AgentServer
+from thyme.testing.scripted import build_scripted
 
 QUESTION = "What is six times seven?"
 

@@ -1,6 +1,6 @@
 """Fixtures for the agent loop: a real sandbox, a random tiny model, and a tiny model that learned scripts.
 
-`scripted_model_dir` is a tiny Qwen2.5-VL trained (a few seconds) on `thyme.models.scripted.SCRIPTS`, with
+`scripted_model_dir` is a tiny Qwen2.5-VL trained (a few seconds) on `thyme.testing.scripted.SCRIPTS`, with
 the real sandbox output in between, so that with greedy decoding it writes the code, stops at `</code>`,
 reads the fed-back output and answers: the loop's tool path on a real model, not on canned strings.
 """
@@ -39,7 +39,7 @@ def random_model_dir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def scripted_model_dir(tmp_path_factory, agent_sandbox, noise_png) -> pathlib.Path:
-    from thyme.models.scripted import build_scripted
+    from thyme.testing.scripted import build_scripted
 
     root = tmp_path_factory.mktemp("agent-models")
     return build_scripted(root / "scripted", noise_png, sandbox=agent_sandbox)

@@ -29,9 +29,9 @@ from thyme.agent.backends.openai import OpenAIBackend
 from thyme.agent.backends.openai_http import chat_messages, image_data_url
 from thyme.agent.backends.transformers import TransformersBackend
 from thyme.agent.episode import Prompt, user_parts
-from thyme.models.scripted import SCRIPTS
 from thyme.protocol import STOP_STRINGS, TextPart, get_preset, render_feedback
 from thyme.serve.generation import GenerationServer
+from thyme.testing.scripted import SCRIPTS
 
 TOKEN = "test-token"
 MODEL = "tiny-scripted"  # not "thyme-...": that would name a released checkpoint
@@ -55,7 +55,7 @@ def sandbox(agent_sandbox):
 
 @pytest.fixture(scope="module")
 def model_dir(scripted_model_dir) -> Path:
-    """A tiny Qwen2.5-VL that learned `thyme.models.scripted.SCRIPTS`, the looping "Laugh." included."""
+    """A tiny Qwen2.5-VL that learned `thyme.testing.scripted.SCRIPTS`, the looping "Laugh." included."""
     return scripted_model_dir
 
 

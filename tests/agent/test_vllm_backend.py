@@ -180,7 +180,7 @@ def scripted(scripted_model_dir) -> VLLMBackend:
 @pytest.fixture(scope="module")
 def scripted_prompts(agent_sandbox, noise_png, tmp_path_factory) -> dict[str, Conversation]:
     """Each script's question as the model saw it in training, the assistant turn still empty."""
-    from thyme.models.scripted import SCRIPTS, scripted_conversations
+    from thyme.testing.scripted import SCRIPTS, scripted_conversations
 
     convs = scripted_conversations(agent_sandbox, noise_png, tmp_path_factory.mktemp("vllm-feedback"))
     for conv in convs:

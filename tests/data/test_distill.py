@@ -1,4 +1,4 @@
-"""`thyme data distill` end to end: a real tiny model (taught `thyme.models.scripted.SCRIPTS`) served over
+"""`thyme data distill` end to end: a real tiny model (taught `thyme.testing.scripted.SCRIPTS`) served over
 OpenAI-compatible HTTP on 127.0.0.1, the agent loop and the real sandbox; nothing is mocked.
 
 The scripted model answers "What is six times seven?" with code `print(6 * 7)` and 42, "Zoom in on the
@@ -42,8 +42,8 @@ def noise_png(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, toy_sandbox, noise_png):
     from thyme.agent.backends.transformers import TransformersBackend
-    from thyme.models.scripted import build_scripted
     from thyme.serve.generation import GenerationServer
+    from thyme.testing.scripted import build_scripted
 
     model_dir = build_scripted(
         tmp_path_factory.mktemp("distill-model") / "scripted", noise_png, sandbox=toy_sandbox

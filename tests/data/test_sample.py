@@ -129,7 +129,7 @@ def test_a_trajectory_converts_with_its_token_ids(scripted_trajectory):
 def scripted_trajectory(tmp_path_factory, toy_sandbox):
     from thyme.agent import Agent, Trajectory
     from thyme.agent.backends.transformers import TransformersBackend
-    from thyme.models.scripted import build_scripted
+    from thyme.testing.scripted import build_scripted
 
     root = tmp_path_factory.mktemp("sample-traj")
     image = root / "noise.png"

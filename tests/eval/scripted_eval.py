@@ -26,8 +26,8 @@ QA = [
 
 
 def scripted_model(tmp_path_factory) -> tuple[Path, Path]:
-    """(model dir, image) of the scripted tiny model (`thyme.models.scripted`)."""
-    from thyme.models.scripted import build_scripted
+    """(model dir, image) of the scripted tiny model (`thyme.testing.scripted`)."""
+    from thyme.testing.scripted import build_scripted
 
     root = tmp_path_factory.getbasetemp() / "eval-scripted-model"
     model, image = root / "model", root / "noise.png"

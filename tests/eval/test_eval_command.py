@@ -3,7 +3,7 @@ backend over real HTTP, one-line errors for bad input, the protocol refusal, and
 SIGKILLed mid-run, then interrupted with SIGINT, then finished, ends with every sample exactly once and the
 same scores as an uninterrupted run.
 
-The model is the tiny Qwen2.5-VL that learned `thyme.models.scripted.SCRIPTS`; the task registered here asks
+The model is the tiny Qwen2.5-VL that learned `thyme.testing.scripted.SCRIPTS`; the task registered here asks
 those questions (cycled), so the tool trajectories are real and their scores known.
 """
 

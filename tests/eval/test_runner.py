@@ -2,7 +2,7 @@
 the protocol card, resume (after --limit, after a torn last line), card mismatch refusal, unusable inputs,
 and samples that fail in the backend (an endpoint that is not there) being retried rather than scored.
 
-The model is the tiny Qwen2.5-VL that learned `thyme.models.scripted.SCRIPTS`; the task registered here asks
+The model is the tiny Qwen2.5-VL that learned `thyme.testing.scripted.SCRIPTS`; the task registered here asks
 exactly those questions, so its tool trajectories are real (code written, run, fed back) and predictable.
 """
 

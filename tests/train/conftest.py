@@ -47,9 +47,9 @@ def train_sandbox():
 
 @pytest.fixture(scope="session")
 def scripted_model(tmp_path_factory, train_sandbox, images) -> pathlib.Path:
-    """A tiny model that learned `thyme.models.scripted.SCRIPTS` on images[0]: it writes code, reads the
+    """A tiny model that learned `thyme.testing.scripted.SCRIPTS` on images[0]: it writes code, reads the
     sandbox's output and answers."""
-    from thyme.models.scripted import build_scripted
+    from thyme.testing.scripted import build_scripted
 
     return build_scripted(tmp_path_factory.mktemp("train-scripted") / "m", images[0], sandbox=train_sandbox)
 

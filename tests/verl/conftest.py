@@ -1,7 +1,7 @@
 """Fixtures for the verl adapter: the scripted tiny model, its encoder, a real sandbox and a real
 `thyme sandbox serve` on loopback, and a model-backed stand-in for verl's server manager.
 
-The scripted model (`thyme.models.scripted.build_scripted`) learned a few tool trajectories by heart, so a
+The scripted model (`thyme.testing.scripted.build_scripted`) learned a few tool trajectories by heart, so a
 greedy rollout writes the code, stops at `</code>`, reads the real sandbox output (a zoomed image for
 "Zoom in on the corner.") and answers: the trajectories converted here are real ones.
 """
@@ -37,7 +37,7 @@ def verl_sandbox():
 
 @pytest.fixture(scope="session")
 def verl_model_dir(tmp_path_factory, verl_sandbox, verl_image) -> pathlib.Path:
-    from thyme.models.scripted import build_scripted
+    from thyme.testing.scripted import build_scripted
 
     return build_scripted(
         tmp_path_factory.mktemp("verl-models") / "scripted", verl_image, sandbox=verl_sandbox

@@ -94,9 +94,9 @@ def build_scripted(
     """Build a random tiny model in `out_dir` and teach it `SCRIPTS` (answers hold for this `image`)."""
     import tempfile
 
-    from thyme.models.memorize import memorize
     from thyme.models.tiny import build_tiny
     from thyme.sandbox import Sandbox, SandboxConfig
+    from thyme.testing.memorize import memorize
 
     model_dir = build_tiny(out_dir, seed=seed)
     own = sandbox is None
