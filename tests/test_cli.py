@@ -269,3 +269,14 @@ def test_sigterm_stops_eval_like_ctrl_c_and_removes_its_temporary_folders(tmp_pa
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     assert list(tmp.glob("thyme-*")) == []
+
+
+def test_sandbox_serve_names_its_flags_in_config_errors():
+    cases = {
+        "--max-sessions": ("0", "error: --max-sessions must be >= 1, got 0"),
+        "--idle-ttl": ("0", "error: --idle-ttl must be > 0 seconds, got 0.0"),
+        "--max-request-mb": ("0", "error: --max-request-mb must be at least 1 KiB (1024 bytes), got 0 bytes"),
+    }
+    for option, (value, message) in cases.items():
+        result = thyme("sandbox", "serve", "--port", "0", option, value)
+        assert result.returncode == 2 and error_lines(result) == [message], result.stderr

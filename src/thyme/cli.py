@@ -302,6 +302,13 @@ def synth(
 
 # The SandboxConfig fields `thyme sandbox` commands set from flags: their errors name the flag.
 SANDBOX_FLAGS = {"filesystem": "--filesystem", "timeout_s": "--timeout"}
+# The ServerConfig fields `thyme sandbox serve` sets from flags.
+SERVER_FLAGS = {
+    "port": "--port",
+    "max_request_bytes": "--max-request-mb",
+    "idle_ttl_s": "--idle-ttl",
+    "max_sessions": "--max-sessions",
+}
 # One definition of the sandbox's filesystem choice for every `thyme sandbox` command.
 FILESYSTEM_OPTION = typer.Option(
     "auto",
@@ -474,7 +481,8 @@ def sandbox_serve(
             SandboxConfig(timeout_s=timeout, allow_weak_isolation=allow_weak_isolation, filesystem=filesystem)
         )
     except (ValueError, SandboxError) as exc:
-        err_console.print(f"error: {first_line(exc, SANDBOX_FLAGS)}", soft_wrap=True, highlight=False)
+        flags = {**SANDBOX_FLAGS, **SERVER_FLAGS}
+        err_console.print(f"error: {first_line(exc, flags)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     with sandbox:
         try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import thyme
+from thyme.errors import FieldError
 from thyme.sandbox.core import Sandbox
 from thyme.sandbox.process import SandboxError
 from thyme.sandbox.result import ExecutionResult
@@ -66,17 +67,24 @@ class ServerConfig:
     keepalive_s: float = 75.0
 
     def __post_init__(self) -> None:
+        # FieldErrors: `thyme sandbox serve` names its flags instead of the fields (SERVER_FLAGS in cli.py).
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"ServerConfig.port must be in 0..65535 (0 picks a free port), got {self.port}")
+            raise FieldError(
+                "ServerConfig.port", "port", f"must be in 0..65535 (0 picks a free port), got {self.port}"
+            )
         if self.token is not None and (not self.token or self.token != self.token.strip()):
             raise ValueError("ServerConfig.token must be a non-empty string without surrounding whitespace")
         if self.max_request_bytes < 1024:
-            raise ValueError(f"ServerConfig.max_request_bytes must be >= 1024, got {self.max_request_bytes}")
+            problem = f"must be at least 1 KiB (1024 bytes), got {self.max_request_bytes} bytes"
+            raise FieldError("ServerConfig.max_request_bytes", "max_request_bytes", problem)
         for name in ("idle_ttl_s", "keepalive_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"ServerConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+                problem = f"must be > 0 seconds, got {getattr(self, name)!r}"
+                raise FieldError(f"ServerConfig.{name}", name, problem)
         if self.max_sessions < 1:
-            raise ValueError(f"ServerConfig.max_sessions must be >= 1, got {self.max_sessions}")
+            raise FieldError(
+                "ServerConfig.max_sessions", "max_sessions", f"must be >= 1, got {self.max_sessions}"
+            )
 
 
 class Refused(Exception):
