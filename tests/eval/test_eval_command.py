@@ -41,6 +41,16 @@ from test_eval_command import make_task
 from thyme.eval import register_task
 from thyme.eval.eval_command import eval_command
 
+# Each generation call waits a little, so a signal sent once a result line appears lands before the run ends
+# even on a loaded machine (without it the remaining samples can all finish first).
+import time
+from thyme.agent.backends.transformers import TransformersBackend
+_generate = TransformersBackend.generate
+def _slow(self, *args, **kw):
+    time.sleep(0.3)
+    return _generate(self, *args, **kw)
+TransformersBackend.generate = _slow
+
 kwargs = json.loads(sys.argv[1])
 register_task(make_task(Path(kwargs.pop("image"))), replace=True)
 kwargs["out"] = Path(kwargs["out"])
