@@ -24,16 +24,26 @@ from rich.progress import (
 from rich.text import Text
 
 
+def rate(task: Task) -> tuple[float, float] | None:
+    """(items per second, seconds) over the whole task so far, up to its last item once it is done: the
+    one rate a bar and its command's summary line both show (rich's own speed is a moving window)."""
+    seconds = task.finished_time if task.finished else task.elapsed
+    if not seconds:
+        return None
+    return task.completed / seconds, seconds
+
+
 class RateColumn(ProgressColumn):
-    """Items per second so far."""
+    """Items per second so far (`rate`)."""
 
     def __init__(self, unit: str = "samples") -> None:
         super().__init__()
         self.unit = unit
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
+        measured = rate(task)
+        text = "" if measured is None else f"{measured[0]:.1f} {self.unit}/s"
+        return Text(text, style="progress.data.speed")
 
 
 @contextlib.contextmanager

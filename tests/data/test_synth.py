@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from rich.console import Console
 
@@ -25,6 +26,9 @@ def test_synth_writes_samples_and_reports_samples_per_second(tmp_path):
     report = text.getvalue()
     assert "wrote 6 compute samples (test, seeds 1000000003-1000000008; mul-text 6)" in report
     assert "samples/s (6 samples in" in report.splitlines()[-1]
+    # The bar's rate is the summary's: both count the whole run (sandbox start included), not a moving window.
+    bar_rate = re.search(r"6/6 ([0-9.]+) samples/s", report).group(1)
+    assert report.splitlines()[-1].startswith(f"{bar_rate} samples/s"), report
 
 
 def test_synth_refuses_a_non_empty_directory_before_starting(tmp_path):

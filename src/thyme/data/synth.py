@@ -8,7 +8,6 @@ reporting samples per second.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +15,7 @@ from rich.console import Console
 from thyme.data.toyworld import GoldVerificationError, generate
 from thyme.data.toyworld.generate import check_request
 from thyme.errors import first_line
-from thyme.progress import item_progress
+from thyme.progress import item_progress, rate
 
 
 def synth_command(
@@ -40,7 +39,6 @@ def synth_command(
     except (ValueError, FileExistsError) as exc:
         console.print(f"[red]error:[/red] {first_line(exc)}")
         return 2
-    started = time.perf_counter()
     try:
         with item_progress(console, f"synth {task}", total=n) as (progress, bar):
             manifest = generate(
@@ -59,11 +57,11 @@ def synth_command(
             "Run `thyme sandbox check`, or pass --no-verify to write gold outputs computed here instead."
         )
         return 1
-    elapsed = time.perf_counter() - started
+    speed, seconds = rate(progress.tasks[bar]) or (0.0, 0.0)
     categories = ", ".join(f"{name} {count}" for name, count in manifest.categories.items())
     console.print(
         f"wrote {n} {task} samples ({split}, seeds {manifest.seeds[0]}-{manifest.seeds[1]}; {categories}) "
         f"to {Path(out) / 'samples.jsonl'}{'' if verify else ' (gold not verified)'}"
     )
-    console.print(f"{n / elapsed:.1f} samples/s ({n} samples in {elapsed:.1f} s)")
+    console.print(f"{speed:.1f} samples/s ({n} samples in {seconds:.1f} s)")
     return 0
