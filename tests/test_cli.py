@@ -280,3 +280,65 @@ def test_sandbox_serve_names_its_flags_in_config_errors():
     for option, (value, message) in cases.items():
         result = thyme("sandbox", "serve", "--port", "0", option, value)
         assert result.returncode == 2 and error_lines(result) == [message], result.stderr
+
+
+def start_in(tmp: pathlib.Path, *args: str) -> subprocess.Popen:
+    """`thyme args` with its temporary folders under `tmp`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "thyme", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("command", ["run", "synth"])
+def test_sigterm_stops_long_commands_and_removes_their_temporary_folders(
+    command, tmp_path, tiny_model, small_png
+):
+    tmp, out = tmp_path / "tmp", tmp_path / "out"
+    tmp.mkdir()
+    if command == "run":  # a random model writes until --max-new-tokens: seconds of generation
+        args = ["run", "What is here?", "-m", str(tiny_model), "-i", str(small_png), "--device", "cpu",
+                "--max-new-tokens", "20000"]  # fmt: skip
+        made = ("thyme-agent-*", "thyme-sandbox-*")
+    else:
+        args = ["synth", "--task", "zoom", "--n", "2000", "--out", str(out)]
+        made = ("thyme-sandbox-*",)
+    proc = start_in(tmp, *args)
+    try:
+        wait_for(proc, lambda: all(list(tmp.glob(pattern)) for pattern in made))
+        time.sleep(1.5)  # past the sandbox's start, into the work
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert list(tmp.glob("thyme-*")) == []
+    assert not out.exists() or list(out.iterdir()) == []  # synth's staging folder went too
+
+
+@pytest.mark.parametrize("command", ["serve", "sandbox serve"])
+def test_sigterm_stops_servers_cleanly_and_removes_their_temporary_folders(command, tmp_path, tiny_model):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    if command == "serve":
+        args = ["serve", "-m", str(tiny_model), "--port", "0", "--device", "cpu"]
+    else:
+        args = ["sandbox", "serve", "--port", "0"]
+    proc = start_in(tmp, *args)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), proc.communicate()
+        assert list(tmp.glob("thyme-*"))  # the sandbox (and the agent's artifacts) are up
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert list(tmp.glob("thyme-*")) == []

@@ -541,4 +541,8 @@ def models_tiny(
 
 
 def main() -> None:
-    app()
+    from thyme.interrupts import sigterm_interrupts
+
+    # SIGTERM stops every command like Ctrl-C, so the temporary folders it made are removed.
+    with sigterm_interrupts():
+        app()

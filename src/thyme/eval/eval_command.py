@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +24,7 @@ from rich.table import Table
 
 from thyme.errors import cli_flags, first_line
 from thyme.files import check_out_dir
+from thyme.interrupts import sigterm_interrupts
 
 
 def eval_command(
@@ -72,7 +71,7 @@ def eval_command(
         return fail(str(exc))
     # SIGTERM (a scheduler, `timeout`, `kill`) stops the run like Ctrl-C, so the sandbox and the agent close
     # and their temporary folders go; an `out` this run created, or its cache, is removed when left empty.
-    with _sigterm_interrupts(), _removed_if_empty(out):
+    with sigterm_interrupts(), _removed_if_empty(out):
         try:
             spec = get_task(task)
             if mcq_matching is not None:
@@ -279,24 +278,6 @@ def _first_sample(spec, data, cache_dir: pathlib.Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     if next(iter(spec.load(data, cache_dir)), None) is None:
         raise ValueError(f"task {spec.name} found no samples in {data if data is not None else 'its data'}")
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does (a no-op elsewhere:
-    only the main thread may set signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -88,7 +88,7 @@ class Sandbox:
         self._lineage = not self.drop_uid
         try:
             self._zygote = self._start_zygote()
-        except SandboxError:
+        except BaseException:  # it could not start, or SIGTERM / Ctrl-C came while it started
             self._closed = True
             self.watcher.close()
             self._release_uids()

@@ -310,6 +310,14 @@ def serve_agent(
 
     check_port(port)
     remote = None
+    agent = None
+
+    def close() -> None:
+        if agent is not None:
+            agent.close()  # its artifacts folder and the sandbox's
+        if remote is not None:
+            remote.close()
+
     if sandbox_urls:
         remote = remote_sandbox(sandbox_urls, sandbox_token)
     try:
@@ -318,15 +326,9 @@ def serve_agent(
         )
         _ = agent.sandbox  # start the pool now: a missing confinement layer fails here, not at a request
         server = AgentServer(agent, host, port, token, model_name=model_name or model)
-    except BaseException:
-        if remote is not None:
-            remote.close()
+    except BaseException:  # a failed start, or SIGTERM / Ctrl-C while loading
+        close()
         raise
-
-    def close() -> None:
-        agent.close()
-        if remote is not None:
-            remote.close()
 
     serve_until_signal(server, on_ready, also_close=close)
 
