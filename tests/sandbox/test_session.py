@@ -82,6 +82,23 @@ def test_error_is_a_traceback_of_the_models_code(session):
     assert "thyme" not in result.error  # no frames of the worker itself
 
 
+def test_a_traceback_quotes_the_code_the_model_wrote_not_its_repair(session):
+    code = (
+        "from PIL import Image\nim = Image.open(image_path)\n"
+        "def zoom(box):\n    return cv.resize(im.crop(box), None)\n"  # repaired twice (cv_alias, crop_clamp)
+        "small = im.crop((0, 0, 200, 200)).resize((0, -1))\n"  # a repaired line (crop_clamp) that fails
+    )
+    result = session.run(code)
+    assert not result.ok
+    assert "line 5" in result.error and "small = im.crop((0, 0, 200, 200)).resize((0, -1))" in result.error
+    assert "__thyme" not in result.error and "^" not in result.error  # no carets under another line's columns
+    result = session.run("import cv2\nzoom((0, 0, 10, 10))")
+    assert not result.ok and "return cv.resize(im.crop(box), None)" in result.error, result.error
+    assert "__thyme" not in result.error and "cv2.resize" not in result.error
+    result = session.run("x = 1\ny = undefined_name + x")  # an unrepaired line keeps Python's own carets
+    assert "y = undefined_name + x" in result.error and "^" in result.error
+
+
 def test_syntax_error_is_reported(session):
     result = session.run("def broken(:\n    pass")
     assert result.error is not None and "SyntaxError" in result.error

@@ -73,12 +73,15 @@ class RepairContext:
 
 @dataclass(frozen=True)
 class RepairOutcome:
-    """The code to execute, the passes that changed it (in REPAIR_NAMES order), and the module names the
-    worker must provide in the namespace because a repair introduced them (`cv2` after `cv_alias`)."""
+    """The code to execute, the passes that changed it (in REPAIR_NAMES order), the module names the
+    worker must provide in the namespace because a repair introduced them (`cv2` after `cv_alias`), and
+    `shown`: the code as the model wrote it (after the text passes, before the AST passes' edits, which keep
+    line numbers), whose lines tracebacks quote; None when it is `code`."""
 
     code: str
     applied: tuple[str, ...] = ()
     needs: frozenset[str] = field(default_factory=frozenset)
+    shown: str | None = None
 
 
 def apply_repairs(code: str, ctx: RepairContext, enabled: Iterable[str] = REPAIR_NAMES) -> RepairOutcome:
@@ -130,7 +133,7 @@ def _repair(code: str, ctx: RepairContext, enabled: frozenset[str]) -> RepairOut
         if parse_module(new_code) is not None:
             applied += [n for n in ("output_prefix", "image_path", "cv_alias") if n in done]
             needs = frozenset({"cv2"}) if needs_cv2 and "cv_alias" in done else frozenset()
-            return RepairOutcome(new_code, _ordered(applied), needs)
+            return RepairOutcome(new_code, _ordered(applied), needs, shown=code)
     return RepairOutcome(code, _ordered(applied))
 
 

@@ -118,6 +118,7 @@ class SessionState:
     landlocked: bool = False
     layers: int = 0  # Landlock layers this process is under
     branches: list[int] = field(default_factory=list)  # forks this process made, to reap once they die
+    cells: dict[str, list[str]] = field(default_factory=dict)  # "<cell N>" -> the lines executed (repaired)
 
     def reap_branches(self) -> None:
         """Collect the forks of this session that were killed: a dead child stays a zombie until its parent
@@ -190,12 +191,15 @@ def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
     error = None
     before = state.namespace.get("processed_path")
     saved = sys.stdout, sys.stderr
+    # Tracebacks quote the model's own lines (`shown`), never a repair's rewrite of them.
+    shown = outcome.shown if outcome.shown is not None else outcome.code
+    linecache.cache[filename] = (len(shown), None, shown.splitlines(True), filename)
+    state.cells[filename] = outcome.code.splitlines()
     try:
         compiled = compile(outcome.code, filename, "exec")
     except (SyntaxError, ValueError) as exc:
-        error = _format_error(exc, filename)
+        error = _format_error(exc, state.cells)
     else:
-        linecache.cache[filename] = (len(outcome.code), None, outcome.code.splitlines(True), filename)
         sys.stdout, sys.stderr = out, err
         try:
             exec(compiled, state.namespace)
@@ -203,7 +207,7 @@ def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
             if exc.code not in (None, 0):
                 error = f"SystemExit: {exc.code}"
         except BaseException as exc:
-            error = _format_error(exc, filename)
+            error = _format_error(exc, state.cells)
         finally:
             sys.stdout, sys.stderr = saved
     # Only a processed_path (re)assigned by this block names its output; a stale one from an earlier
@@ -220,15 +224,34 @@ def run_code(state: SessionState, code: str, call: int) -> dict[str, Any]:
     }
 
 
-def _format_error(exc: BaseException, filename: str) -> str:
-    """A traceback restricted to the model's own frames, as the model should see it."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell ")]
+def _format_error(exc: BaseException, cells: dict[str, list[str]]) -> str:
+    """A traceback restricted to the model's own frames, as the model should see it: each line quoted as the
+    model wrote it (linecache holds that), without carets where a repair rewrote the line (their columns
+    are the rewrite's)."""
+    frames = []
+    for f in traceback.extract_tb(exc.__traceback__):
+        if not f.filename.startswith("<cell "):
+            continue
+        if _rewritten(cells, f.filename, f.lineno):
+            f = traceback.FrameSummary(f.filename, f.lineno, f.name, line=f.line)
+        frames.append(f)
+    if isinstance(exc, SyntaxError) and _rewritten(cells, exc.filename, exc.lineno):
+        exc.text, exc.offset = linecache.getline(exc.filename, exc.lineno), None
     lines = []
     if frames:
         lines.append("Traceback (most recent call last):\n")
         lines.extend(traceback.format_list(frames))
     lines.extend(traceback.format_exception_only(type(exc), exc))
     return "".join(lines).rstrip()
+
+
+def _rewritten(cells: dict[str, list[str]], filename: str | None, lineno: int | None) -> bool:
+    """Whether a repair changed line `lineno` of the cell `filename` (the executed line differs from the
+    model's, which linecache holds)."""
+    executed = cells.get(filename or "")
+    if executed is None or not lineno or lineno > len(executed):
+        return False
+    return executed[lineno - 1] != linecache.getline(filename, lineno).rstrip("\r\n")
 
 
 def _processed_paths(value: Any) -> list[str]:
