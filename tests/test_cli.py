@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -342,3 +343,52 @@ def test_sigterm_stops_servers_cleanly_and_removes_their_temporary_folders(comma
         proc.kill()
     assert proc.returncode == 0, stderr
     assert list(tmp.glob("thyme-*")) == []
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of `thyme`, as the words that name it (`[]` is `thyme` itself)."""
+    from thyme.cli import command
+
+    paths, todo = [], [([], command())]
+    while todo:
+        path, cmd = todo.pop()
+        paths.append(path)
+        todo.extend(([*path, name], sub) for name, sub in getattr(cmd, "commands", {}).items())
+    return sorted(paths)
+
+
+def test_every_command_takes_h_and_shows_no_value_type_for_flags():
+    paths = command_paths()
+    assert ["sandbox", "serve"] in paths and ["train", "sft"] in paths
+    for path in paths:
+        result = thyme(*path, "-h")
+        assert result.returncode == 0 and "Usage:" in result.stdout, (path, result.stderr)
+        assert "<bool>" not in result.stdout, path  # a flag takes no value: `--json true` is an error
+    assert thyme("sandbox", "check", "--json", "true").returncode == 2
+
+
+def test_the_readme_lists_every_flag_of_every_command():
+    from thyme.cli import command
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listing = readme.split("## Command line\n", 1)[1].split("```\n", 2)[1]
+    entries: dict[str, str] = {}  # "sandbox exec" -> its lines in the listing
+    for line in listing.splitlines():
+        if line.startswith("thyme "):
+            name = " ".join(w for w in line.split()[1:3] if re.fullmatch(r"[a-z][a-z-]*", w))
+            current = entries.setdefault(name, "")
+        entries[name] = current = current + line + "\n"
+    root, missing = command(), {}
+    for path in command_paths():
+        cmd = root
+        for word in path:
+            cmd = cmd.commands[word]
+        if getattr(cmd, "commands", None):
+            continue
+        name = " ".join(path)
+        flags = [o for p in cmd.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+        text = entries.get(name, "")
+        absent = [f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", text)]
+        if absent:
+            missing[name] = absent
+    assert missing == {}, "\n".join(f"{k}: {v}" for k, v in missing.items())

@@ -22,6 +22,7 @@ app = typer.Typer(
     help="thyme-vl: vision-language models that think beyond images (code-writing reasoning + sandbox).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits both (HELP_OPTIONS)
 )
 sandbox_app = typer.Typer(help="Inspect and use the code sandbox.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -540,9 +541,27 @@ def models_tiny(
     console.print(f"wrote {path} ({mib:.1f} MiB)")
 
 
+HELP_OPTIONS = ["-h", "--help"]
+
+
+def command() -> typer.core.TyperGroup:
+    """The `thyme` command as `main` runs it. On/off flags take no value, so their help shows no value type
+    (typer labels them `<bool>`, which invites `--json true`, an error)."""
+    root = typer.main.get_command(app)
+    todo = [root]
+    while todo:
+        cmd = todo.pop()
+        todo.extend(getattr(cmd, "commands", {}).values())
+        help_option = cmd.get_help_option(typer.Context(cmd, help_option_names=HELP_OPTIONS))  # cached
+        for param in [*cmd.params, help_option]:
+            if isinstance(param, typer.core.TyperOption) and param.is_flag:
+                param.metavar = ""
+    return root
+
+
 def main() -> None:
     from thyme.interrupts import sigterm_interrupts
 
     # SIGTERM stops every command like Ctrl-C, so the temporary folders it made are removed.
     with sigterm_interrupts():
-        app()
+        command()()
