@@ -90,6 +90,30 @@ def test_sandbox_exec_runs_files_in_one_session(tmp_path, small_png):
     assert Image.open(lines[1]["images"][0]).size == (100, 80)
 
 
+def test_sandbox_exec_without_out_prints_no_path_that_vanishes(tmp_path, small_png):
+    (tmp_path / "crop.py").write_text(
+        "from PIL import Image\nprocessed_path = '/mnt/data/temp_processed_images/c.png'\n"
+        "Image.open(image_path).crop((0, 0, 100, 80)).save(processed_path)\nprint('\\x1b[2Jdone')\n"
+    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "COLUMNS": "300"}
+    for json_flag in ([], ["--json"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "thyme", "sandbox", "exec", str(tmp_path / "crop.py"), "-i",
+             str(small_png), *json_flag],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert str(tmp) not in result.stdout + result.stderr
+        if json_flag:
+            [name] = json.loads(result.stdout)["images"]
+            assert name.endswith(".png") and "/" not in name
+        else:  # named, with how to keep it; the code's output cannot drive the terminal
+            assert re.search(r"images: \S+\.png \(not kept: pass --out DIR to keep them\)", result.stdout)
+            assert "\x1b" not in result.stdout and "\\x1b[2Jdone" in result.stdout
+
+
 def test_sandbox_exec_failure_exit_code(tmp_path):
     (tmp_path / "bad.py").write_text("raise RuntimeError('nope')\n")
     result = thyme("sandbox", "exec", str(tmp_path / "bad.py"))

@@ -379,6 +379,7 @@ def sandbox_exec(
     from thyme.errors import first_line
     from thyme.files import check_out_dir
     from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
+    from thyme.terminal import printable
 
     def fail(message: str) -> NoReturn:
         err_console.print(f"error: {message}", markup=False)
@@ -410,7 +411,8 @@ def sandbox_exec(
         for path, source in zip(files, sources, strict=True):
             result = s.run(source)
             failed |= not result.ok
-            images = [str(p) for p in result.images]
+            # The session's files go when the command ends: name only what remains (copies under --out).
+            images = [p.name for p in result.images]
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 images = [str(shutil.copy(p, out / f"{path.stem}-{p.name}")) for p in result.images]
@@ -432,12 +434,16 @@ def sandbox_exec(
             else:
                 console.rule(str(path))
                 if result.stdout:
-                    console.print(result.stdout, end="", markup=False, highlight=False)
+                    console.print(printable(result.stdout), end="", markup=False, highlight=False)
                 if result.error:
-                    err_console.print(result.error, markup=False, highlight=False)
+                    err_console.print(printable(result.error), markup=False, highlight=False)
+                kept = " (not kept: pass --out DIR to keep them)" if out is None and images else ""
                 console.print(
-                    f"[dim]{result.duration_s * 1000:.1f} ms; images: {', '.join(images) or 'none'}; "
-                    f"repairs: {', '.join(result.repairs) or 'none'}[/]"
+                    f"{result.duration_s * 1000:.1f} ms; images: {', '.join(images) or 'none'}{kept}; "
+                    f"repairs: {', '.join(result.repairs) or 'none'}",
+                    style="dim",
+                    markup=False,
+                    highlight=False,
                 )
     raise typer.Exit(1 if failed else 0)
 

@@ -4,6 +4,7 @@ one-line errors with nothing written."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def test_run_refuses_an_unusable_image_in_one_line_before_loading(noise_png, tmp
         assert "Traceback" not in printed and printed.count(message) == 1, printed
         lines = [line for line in printed.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], printed
+
+
+def test_run_prints_no_path_into_its_temporary_folders(scripted_model_dir, noise_png, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "thyme", "run", "Zoom in on the corner.", "-m", str(scripted_model_dir), "-i",
+         str(noise_png), "--max-new-tokens", "160"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "TMPDIR": str(tmp), "COLUMNS": "300"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "image: 192x192 px" in result.stdout  # the zoomed crop, by size
+    # Those folders are gone once it exits: the one mention left is the code's own print(processed_path),
+    # the sandbox output the model saw, shown as it was.
+    mentions = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp) in line]
+    assert len(mentions) == 1 and "/out/zoom.png" in mentions[0] and "image:" not in mentions[0], mentions

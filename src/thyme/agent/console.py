@@ -2,9 +2,17 @@
 
 The loop yields typed events; this module only turns each one into something readable as it arrives:
 the model's reasoning, the code it wrote (highlighted), what the sandbox returned, and the answer.
+
+What the model or its code wrote is untrusted: control characters (an escape sequence that clears the
+screen or retitles the terminal) are shown escaped (`printable`), never sent to the terminal. Code is shown
+with its lines as written (the terminal wraps a long line; no re-wrapping at the console's width), and
+images by their size: the files the loop made live in a temporary folder that goes when the run ends
+(`thyme run --save`/`--html` keep them).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
@@ -13,6 +21,7 @@ from rich.text import Text
 
 from thyme.agent.events import CodeCall, Error, Event, Final, ModelText, Observation, Resample
 from thyme.protocol import CODE_OPEN
+from thyme.terminal import printable
 
 
 class EventPrinter:
@@ -27,7 +36,7 @@ class EventPrinter:
         if isinstance(event, ModelText):
             if self.show_text:
                 body = event.text.split(CODE_OPEN, 1)[0] if event.stop == "</code>" else event.text
-                c.print(Text(body.strip() or "(no text)", style="dim"))
+                c.print(Text(printable(body.strip()) or "(no text)", style="dim"))
             c.print(
                 f"[cyan]step {event.step}[/] {event.finish_reason}"
                 + (f" at {event.stop}" if event.stop else "")
@@ -35,14 +44,17 @@ class EventPrinter:
                 highlight=False,
             )
         elif isinstance(event, CodeCall):
-            c.print(Panel(Syntax(event.code, "python", word_wrap=True), title=f"code (step {event.step})"))
+            c.rule(f"code (step {event.step})", align="left", style="dim")
+            source = printable(event.code)
+            # Highlighted text as is: a Syntax renderable would crop or re-wrap at the console's width.
+            c.print(Syntax(source, "python").highlight(source), soft_wrap=True)
         elif isinstance(event, Observation):
             lines = []
             if event.stdout.strip():
                 lines.append(_escape(event.stdout.strip()))
             if event.error:
                 lines.append(f"[red]{_escape(event.error.strip())}[/]")
-            lines += [f"image: {p}" for p in event.images]
+            lines += [f"image: {_size(p)}" for p in event.images]
             if event.repairs:
                 lines.append(f"repairs: {', '.join(event.repairs)}")
             if event.note:
@@ -71,6 +83,18 @@ class EventPrinter:
 
 
 def _escape(text: str) -> str:
+    """Model text for a rich markup string: control characters escaped, markup brackets too."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(printable(text))
+
+
+def _size(path: Path) -> str:
+    """An image's size in pixels, read from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return f"{im.width}x{im.height} px"
+    except OSError:
+        return "unreadable"
