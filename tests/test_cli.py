@@ -416,3 +416,19 @@ def test_the_readme_lists_every_flag_of_every_command():
         if absent:
             missing[name] = absent
     assert missing == {}, "\n".join(f"{k}: {v}" for k, v in missing.items())
+
+
+def modes(root: pathlib.Path) -> set[tuple[str, int]]:
+    """(kind, permission bits) of `root` and everything under it."""
+    return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+def test_outputs_a_user_keeps_get_their_umask(tmp_path):
+    umask = lambda: os.umask(0o027)  # noqa: E731
+    out = tmp_path / "model"
+    result = subprocess.run(
+        [sys.executable, "-m", "thyme", "models", "tiny", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, preexec_fn=umask,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert modes(out) == {("dir", 0o750), ("file", 0o640)}

@@ -138,3 +138,16 @@ def test_run_prints_no_path_into_its_temporary_folders(scripted_model_dir, noise
     # the sandbox output the model saw, shown as it was.
     mentions = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp) in line]
     assert len(mentions) == 1 and "/out/zoom.png" in mentions[0] and "image:" not in mentions[0], mentions
+
+
+def test_html_and_save_get_the_users_umask(scripted_model_dir, noise_png, tmp_path):
+    html, save = tmp_path / "t.html", tmp_path / "saved"
+    result = subprocess.run(
+        [sys.executable, "-m", "thyme", "run", "Zoom in on the corner.", "-m", str(scripted_model_dir), "-i",
+         str(noise_png), "--html", str(html), "--save", str(save), "--max-new-tokens", "160"],
+        capture_output=True, text=True, timeout=180, preexec_fn=lambda: os.umask(0o027),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    files = [html, save / "trajectory.json", *(save / "images").iterdir()]
+    assert len(files) >= 4 and {p.stat().st_mode & 0o777 for p in files} == {0o640}
+    assert {p.stat().st_mode & 0o777 for p in (save, save / "images")} == {0o750}

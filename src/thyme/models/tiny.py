@@ -22,13 +22,13 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import tempfile
 
 import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from thyme.errors import needs_argument, suggest
+from thyme.files import give_umask, staging_dir
 from thyme.models.generation import vision_token_ids
 from thyme.models.processor import Qwen2_5_VLImageOnlyProcessor, image_processor
 from thyme.models.tokenizer import (
@@ -169,11 +169,12 @@ def build_tiny(
         chat_template=tokenizer.chat_template,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir(out.parent, out.name)  # the user's umask, unlike mkdtemp's 0700
     try:
         with _no_progress_bars():  # a one-shard save needs no bar; the CLI shows its own status
             model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        give_umask(staging)  # the weights come out 0600
         if out.exists():
             shutil.copytree(staging, out, dirs_exist_ok=True)
         else:

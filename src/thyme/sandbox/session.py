@@ -51,9 +51,13 @@ class Home:
     @classmethod
     def make(cls, sandbox: Sandbox, path: pathlib.Path, zygote: Zygote) -> Home:
         """Create `path`, its out/ and forks/, and its images directory; mount out/ for `zygote`'s workers."""
+        # Modes set exactly: a umask (027, say) would take the bits a root parent's workers, each under a uid
+        # of its own, need to walk down to their directory.
         path.mkdir(mode=0o711)
+        path.chmod(0o711)
         (path / "out").mkdir(mode=0o700)
         (path / "forks").mkdir(mode=0o711)  # forks live below their parent so Landlock layers can nest
+        (path / "forks").chmod(0o711)
         # Collected images live outside every worker's writable tree (a parent may write into its forks).
         (sandbox.images_root / path.name).mkdir(mode=0o700)
         if not sandbox.disk_quota:
@@ -105,6 +109,7 @@ class Session:
     def _stage(self, inputs: tuple[str, ...]) -> tuple[str, ...]:
         staged = self.home / "inputs"
         staged.mkdir(mode=0o755)
+        staged.chmod(0o755)  # whatever the umask
         copies = []
         for i, src in enumerate(inputs):
             dest = staged / (f"{i}_{os.path.basename(src)}" if len(inputs) > 1 else os.path.basename(src))
@@ -437,6 +442,7 @@ class Session:
             if self._seal_dir is None:  # where this session's later forks go; its next call narrows to it
                 self._seal_dir = self._sandbox._new_home(self.forks_dir)
                 self._seal_dir.mkdir(mode=0o711)
+                self._seal_dir.chmod(0o711)  # whatever the umask
                 if self._handle.uid is not None:
                     os.chown(self._seal_dir, self._handle.uid, self._handle.uid)
             return child
