@@ -4,7 +4,9 @@ sandbox. Every expectation here is something the loop must do with a model that 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 
 import pytest
 
@@ -104,6 +106,22 @@ def test_step_limit_then_direct_fallback(scripted_backend, agent_sandbox, noise_
     with make_agent(scripted_backend, agent_sandbox, max_steps=2, fallback=False) as agent:
         traj = agent.run(image=noise_png, question="Count forever.")
     assert (traj.final.reason, traj.answer) == ("max_steps", None)
+
+
+def test_the_page_of_a_fallback_run_shows_the_fallback(scripted_backend, agent_sandbox, noise_png, tmp_path):
+    with make_agent(scripted_backend, agent_sandbox, max_steps=2) as agent:
+        traj = agent.run(image=noise_png, question="Count forever.")
+        traj.to_html(tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text(encoding="utf-8")
+    direct = [e for e in traj.events if isinstance(e, ModelText)][-1]
+    assert traj.final.reason == "fallback" and direct.text.strip()
+    assert "<th>steps</th><td>2 + fallback</td>" in page  # the tool steps, and the fallback besides
+    steps_table = page.split("<h2>Steps</h2>", 1)[1]
+    assert [re.sub(r"<.*?>", "", row) for row in re.findall(r"<tr><td>(.*?)</td>", steps_table)] == [
+        "1", "2", "fallback"
+    ]  # fmt: skip
+    assert "fallback: asked again for a direct answer (the tool turn ended by max_steps)" in page
+    assert f"<summary>fallback text</summary><pre>{html.escape(direct.text)}</pre>" in steps_table
 
 
 def test_more_steps_reach_the_answer(scripted_backend, agent_sandbox, noise_png):

@@ -76,7 +76,7 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 .block{margin:.6em 0;padding:.5em .7em;border-radius:6px;border:1px solid #ccc}
 .block.code{background:#fafafa;border-color:#9ab} .block.sandbox{background:#f4f7fb;border-color:#7a9cc6}
 .block.sandbox.error,.block.sandbox.timeout{background:#fdf0f0;border-color:#c62828}
-.block.fake{background:#fff8e1;border-color:#f9a825}
+.block.fake{background:#fff8e1;border-color:#f9a825} .block.fallback{border-style:dashed}
 .block.answer{background:#eef8ee;border:2px solid #2e7d32;font-weight:600}
 .tag{color:#888;font:12px ui-monospace,monospace}
 .py .k{color:#0033b3;font-weight:600} .py .b{color:#7a3e9d} .py .s{color:#067d17} .py .c{color:#8c8c8c;
@@ -277,7 +277,26 @@ def assistant_html(traj: Trajectory) -> str:
             else:
                 text.append(piece.part.text)
         out.append(model_text_html("".join(text)))
+    fallback = _fallback(traj)
+    if fallback is not None:
+        final, step = fallback
+        label = f"fallback: asked again for a direct answer (the tool turn ended by {_from(final)})"
+        out.append(_block("fallback", label, model_text_html(step.text)))
     return "\n".join(out) or '<div class="muted">(empty assistant turn)</div>'
+
+
+def _fallback(traj: Trajectory) -> tuple[Final, ModelText] | None:
+    """(the Final, the fallback's generation step) when the run ended with the direct-answer fallback: the
+    step generated last, after the tool trajectory (`Final.steps` does not count it)."""
+    final = traj.final
+    if final is None or final.reason != "fallback":
+        return None
+    step = next((e for e in reversed(traj.events) if isinstance(e, ModelText)), None)
+    return (final, step) if step is not None else None
+
+
+def _from(final: Final) -> str:
+    return str(final.extra.get("fallback_from") or "no answer")
 
 
 # -- per-step table -----------------------------------------------------------------------------------------
@@ -288,6 +307,7 @@ class _Row:
     code: CodeCall | None = None
     observation: Observation | None = None
     resample: Resample | None = None
+    fallback_from: str | None = None  # the direct-answer fallback's step, after the tool trajectory ended so
 
 
 def _details(summary: str, text: str) -> str:
@@ -296,7 +316,7 @@ def _details(summary: str, text: str) -> str:
 
 def _row_html(row: _Row) -> str:
     t, obs = row.text, row.observation
-    cells = [str(row.step)]
+    cells = [str(row.step) if row.fallback_from is None else "fallback"]
     finish = "" if t is None else _esc(t.finish_reason)
     if t is not None and t.stop:
         finish += f' <span class="mono">{_esc(t.stop)}</span>'
@@ -321,6 +341,9 @@ def _row_html(row: _Row) -> str:
         notes.append("output not fed back")
     if obs is not None and obs.note:
         notes.append(_esc(obs.note))
+    if row.fallback_from is not None and t is not None:
+        notes.append(f"direct answer asked after the tool trajectory ended ({_esc(row.fallback_from)})")
+        notes.append(_details("fallback text", t.text))
     if row.resample:
         r = row.resample
         notes.append(f'<span class="bad">rolled back (attempt {r.attempt}): {_esc(r.reason)}</span>')
@@ -370,6 +393,12 @@ def steps_html(traj: Trajectory) -> str:
             current = _Row(step=event.step)
             rows.append(current)
         setattr(current, slot, event)
+    fallback = _fallback(traj)
+    if fallback is not None:
+        final, step = fallback
+        for row in rows:
+            if isinstance(row, _Row) and row.text is step:
+                row.fallback_from = _from(final)
     head = "".join(f"<th>{h}</th>" for h in _HEAD)
     body = "".join(r if isinstance(r, str) else _row_html(r) for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -399,7 +428,7 @@ def _summary_html(traj: Trajectory) -> str:
         ("backend", traj.backend),
         ("preset", traj.preset),
         ("tools", "on" if traj.tools else "off"),
-        ("steps", str(final.steps if final else traj.steps)),
+        ("steps", str(final.steps if final else traj.steps) + (" + fallback" if _fallback(traj) else "")),
         ("tool calls", str(final.tool_calls if final else sum(isinstance(e, CodeCall) for e in traj.events))),
         ("tokens", f"prompt {tokens['prompt']}, completion {tokens['completion']}"),
         ("timings", ", ".join(f"{k} {_fmt(v)}" for k, v in traj.timings.items()) or "(none)"),
