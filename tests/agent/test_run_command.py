@@ -89,7 +89,9 @@ def test_run_context_overflow_is_one_line(scripted_model_dir, noise_png, tmp_pat
     result = thyme("run", question, "-m", str(scripted_model_dir), "-i", str(noise_png), "--html", str(html))
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "does not fit the model's context" in lines[0], result.stderr
+    config = json.loads((scripted_model_dir / "config.json").read_text())
+    limit = config["text_config"]["max_position_embeddings"]  # the model's own, named in the message
+    assert len(lines) == 1 and f"does not fit the model's {limit}-token context" in lines[0], result.stderr
     assert not html.exists()
 
 
@@ -134,6 +136,7 @@ def test_run_prints_no_path_into_its_temporary_folders(scripted_model_dir, noise
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "image: 192x192 px" in result.stdout  # the zoomed crop, by size
+    assert "Loading weights" not in result.stderr  # no transformers progress bar by default
     # Those folders are gone once it exits: the one mention left is the code's own print(processed_path),
     # the sandbox output the model saw, shown as it was.
     mentions = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp) in line]

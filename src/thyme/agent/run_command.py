@@ -108,9 +108,11 @@ def run_command(
             return fail(traj.error or "the run failed", 1)
         overflow = next((e for e in traj.events if getattr(e, "finish_reason", None) == "context"), None)
         if overflow is not None and traj.answer is None:
+            limit = getattr(agent.backend, "context_length", None)  # local backends know it, endpoints not
+            context = f"{limit}-token context" if limit else "context"
             return fail(
-                f"the prompt ({overflow.prompt_tokens} tokens) does not fit the model's context; shorten the "
-                "question, lower --max-pixels, or use a model with a longer context",
+                f"the prompt ({overflow.prompt_tokens} tokens) does not fit the model's {context}; shorten "
+                "the question, lower --max-pixels, or use a model with a longer context",
                 1,
             )
         # Files are written while the agent (and the images it holds) is still open.

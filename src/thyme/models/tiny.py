@@ -17,7 +17,6 @@ or `thyme models tiny --out models/tiny`. The same seed gives byte-identical fil
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
@@ -25,12 +24,12 @@ import shutil
 
 import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-from transformers.utils import logging as hf_logging
 
 from thyme.errors import needs_argument, suggest
 from thyme.files import give_umask, staging_dir
 from thyme.models.generation import vision_token_ids
 from thyme.models.processor import Qwen2_5_VLImageOnlyProcessor, image_processor
+from thyme.models.quiet import no_progress_bars
 from thyme.models.tokenizer import (
     ENDOFTEXT,
     IM_END,
@@ -171,7 +170,7 @@ def build_tiny(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out.parent, out.name)  # the user's umask, unlike mkdtemp's 0700
     try:
-        with _no_progress_bars():  # a one-shard save needs no bar; the CLI shows its own status
+        with no_progress_bars():  # a one-shard save needs no bar; the CLI shows its own status
             model.save_pretrained(staging)
         processor.save_pretrained(staging)
         give_umask(staging)  # the weights come out 0600
@@ -182,17 +181,6 @@ def build_tiny(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-@contextlib.contextmanager
-def _no_progress_bars():
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def parameter_count(model: torch.nn.Module) -> int:

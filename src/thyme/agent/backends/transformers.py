@@ -47,6 +47,7 @@ from thyme.agent.repetition import RepetitionConfig, RepetitionDetector
 from thyme.models.encoding import Encoded, Encoder, EncodingError
 from thyme.models.generation import SuppressVisionTokens
 from thyme.models.processor import load_processor
+from thyme.models.quiet import no_progress_bars
 from thyme.protocol import TextPart, cut_at_first_stop, is_code_open
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ class TransformersBackend:
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         try:
-            net = AutoModelForImageTextToText.from_pretrained(model, **kwargs).to(device)
+            with no_progress_bars():  # the caller says "loading"; a weights bar on every run is noise
+                net = AutoModelForImageTextToText.from_pretrained(model, **kwargs).to(device)
             processor = load_processor(model)
         except OSError as exc:
             raise ModelNotFoundError(
