@@ -10,7 +10,9 @@ their last checkpoint too). The stages:
 1. `thyme models tiny --size small`: a random Qwen2.5-VL (6.4M parameters) with our offline tokenizer.
 2. `thyme synth`: the toy-world training sets (zoom `find`, compute `add-text` and `mul-text`) and held-out
    test sets (`--split test`, seeds that training never sees).
-3. `thyme train sft configs/tiny/sft.yaml`, then 4. `thyme train grpo configs/tiny/grpo.yaml`.
+3. `thyme train sft configs/tiny/sft-compute.yaml` (compute only: where copying numbers is learnt), then
+   `thyme train sft configs/tiny/sft.yaml` (every task, from that model), then 4. `thyme train grpo
+   configs/tiny/grpo.yaml`.
 5. `thyme eval --both` of the SFT and the GRPO model on each test set (greedy, with and without tools).
 6. The GRPO model (weights, tokenizer, processor, thyme.json) is copied to `src/thyme/models/thyme-tiny/`
    with `results.json` (the numbers and the minutes); `--no-install` leaves the package alone.
@@ -34,8 +36,8 @@ BUNDLE = ROOT / "src" / "thyme" / "models" / "thyme-tiny"
 # (name, task, level, train n, train seed, test n): the data of configs/tiny/*.yaml.
 SETS = (
     ("find", "zoom", "find", 3000, 0, 200),
-    ("add", "compute", "add-text", 2000, 0, 200),
-    ("mul", "compute", "mul-text", 2000, 100000, 200),
+    ("add", "compute", "add-text", 6000, 0, 200),
+    ("mul", "compute", "mul-text", 6000, 100000, 200),
 )
 EVAL_TASK = {"zoom": "toyworld_zoom", "compute": "toyworld_compute"}
 # What the bundled copy keeps of a trained model directory (no checkpoints, logs or training summaries).
@@ -65,23 +67,52 @@ def done(path: Path, marker: str) -> bool:
     return (path / marker).exists()
 
 
-def train(stage: str, config: str, out: Path, work: Path) -> float:
-    """Run `thyme train STAGE CONFIG` unless its final model exists; return the minutes it reported."""
-    summary = out / ("thyme_sft.json" if stage == "sft" else "thyme_grpo.json")
+def generated(out: Path, count: int) -> bool:
+    """Whether `out` holds `count` samples from this toy-world generator (older data is made again)."""
+    from thyme.data.toyworld import GENERATOR_VERSION
+
+    manifest = out / "manifest.json"
+    if not manifest.exists():
+        return False
+    made = json.loads(manifest.read_text())
+    return made.get("n") == count and made.get("generator_version") == GENERATOR_VERSION
+
+
+# (command, config, output folder): each stage starts from the previous one's model (the first from init).
+STAGES = (
+    ("sft", "configs/tiny/sft-compute.yaml", "sft-compute"),
+    ("sft", "configs/tiny/sft.yaml", "sft"),
+    ("grpo", "configs/tiny/grpo.yaml", "grpo"),
+)
+
+
+def train(command: str, config: str, folder: str, work: Path) -> float:
+    """Run `thyme train COMMAND CONFIG` unless its final model exists; return the minutes it reported."""
+    out = work / folder
+    summary = out / f"thyme_{command}.json"
     if not summary.exists():
-        sets = [arg for key, value in _paths(stage, work).items() for arg in ("--set", f"{key}={value}")]
-        thyme("train", stage, config, *sets)
+        sets = [arg for key, value in _moved(config, work).items() for arg in ("--set", f"{key}={value}")]
+        thyme("train", command, config, *sets)
     return float(json.loads(summary.read_text())["minutes"])
 
 
-def _paths(stage: str, work: Path) -> dict[str, str]:
-    """The configs name runs/tiny/...; a different --work moves every path under it."""
-    if work == ROOT / "runs" / "tiny":
+def _moved(config: str, work: Path) -> dict[str, str]:
+    """The configs name paths under runs/tiny/; a different --work moves each of them under it."""
+    import yaml
+
+    default = "runs/tiny"
+    if work == ROOT / default:
         return {}
-    data = [{"path": str(work / "toy" / name)} for name, *_ in SETS]
-    if stage == "sft":
-        return {"model": str(work / "init"), "output_dir": str(work / "sft")}
-    return {"model": str(work / "sft"), "output_dir": str(work / "grpo"), "data": json.dumps(data)}
+
+    def move(path: str) -> str:
+        return str(work / Path(path).relative_to(default)) if path.startswith(default + "/") else path
+
+    raw = yaml.safe_load((ROOT / config).read_text())
+    out = {key: move(raw[key]) for key in ("model", "output_dir") if key in raw}
+    for key in ("data", "eval_data"):
+        if raw.get(key):
+            out[key] = json.dumps([{**entry, "path": move(entry["path"])} for entry in raw[key]])
+    return out
 
 
 def evaluate(model: Path, work: Path, tag: str, limit: int) -> dict[str, dict[str, float]]:
@@ -136,14 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, task, level, n, seed, n_test in SETS:
         for split, count, first, folder in (("train", n, seed, "toy"), ("test", n_test, 0, "test")):
             out = work / folder / name
-            if not done(out, "manifest.json"):
+            if not generated(out, count):
                 thyme(
                     "synth", "--task", task, "--level", level, "--n", str(count), "--seed", str(first),
                     "--split", split, "--out", str(out), "--overwrite",
                 )  # fmt: skip
 
-    sft_minutes = train("sft", "configs/tiny/sft.yaml", work / "sft", work)
-    rl_minutes = train("grpo", "configs/tiny/grpo.yaml", work / "grpo", work)
+    sft_minutes = rl_minutes = 0.0
+    for command, config, folder in STAGES:
+        spent = train(command, config, folder, work)
+        if command == "sft":
+            sft_minutes += spent
+        else:
+            rl_minutes += spent
     results = {
         "sft_minutes": round(sft_minutes, 1),
         "rl_minutes": round(rl_minutes, 1),

@@ -138,14 +138,16 @@ def make(rng: np.random.Generator, k: ComputeKnobs) -> Draft:
     else:
         image = _operator_card(rng, k)
         question = f"What is the {noun} of {listed}?"
-        lead = f"The {noun} of {listed} is hard to get right in my head, so compute it."
+        # The operands are in the question already: the code is the one place they are copied to, and the
+        # conclusion copies the printed result once (each copy is a chance for a small model to slip).
+        lead = f"This {noun} is hard to get right in my head, so compute it."
     words = f" {verb} ".join(str(v) for v in operands)
     return Draft(
         image=image,
         question=question,
         answer=str(result),
         steps=(CodeStep(lead, f"print({expression})", expect_text=str(result)),),
-        conclusion=f"The code prints {result}, so {words} is {result}.",
+        conclusion=f"The code prints {result}.",
         direct=f"{words} is {result}.",
         meta={
             "answer_type": "number",

@@ -39,7 +39,7 @@ from thyme.files import check_out_dir
 
 SPLIT_SPAN = 10**9
 SPLITS: dict[str, int] = {"train": 0, "test": SPLIT_SPAN}
-GENERATOR_VERSION = "1"  # bump whenever the same arguments would give different files
+GENERATOR_VERSION = "2"  # bump whenever the same arguments would give different files
 OUTPUTS = ("images", "samples.jsonl", "manifest.json")
 STAGING_PREFIX = ".synth-"
 
