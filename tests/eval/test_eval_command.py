@@ -51,6 +51,11 @@ def _slow(self, *args, **kw):
     return _generate(self, *args, **kw)
 TransformersBackend.generate = _slow
 
+# A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler: give it the one an interactive user's `thyme eval` has.
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 kwargs = json.loads(sys.argv[1])
 register_task(make_task(Path(kwargs.pop("image"))), replace=True)
 kwargs["out"] = Path(kwargs["out"])
