@@ -139,6 +139,7 @@ def test_small_size_builds_loads_and_generates(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     assert 4e6 <= parameter_count(model) <= 8e6
+    assert model.config.text_config.rope_parameters["rope_theta"] == 1e4  # copying numbers needs it (tiny.py)
     chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit?"}]}]
     text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     batch = processor(images=[Image.new("RGB", (640, 480), (9, 9, 9))], text=[text], return_tensors="pt")
