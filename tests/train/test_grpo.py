@@ -187,3 +187,4 @@ def test_train_steps_with_sandbox_images_in_the_forward(scripted_model, train_sa
     assert len(logged) == 2
     assert all(h["tools/code_call_rate"] == 1.0 and h["tools/execution_success"] == 1.0 for h in logged)
     assert trainer.rollout_seconds > 0
+    assert not trainer._artifacts.exists()  # the fed-back images' folder goes with the run

@@ -76,9 +76,17 @@ class ThymeGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         checkpoints_in_model_layout(self.model)
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's training loop; the folder of fed-back images goes when it ends, however it ends."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            shutil.rmtree(self._artifacts, ignore_errors=True)
+
     # -- the one overridden seam ------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         device = self.accelerator.device
+        self._artifacts.mkdir(parents=True, exist_ok=True)  # gone after an earlier train()
         mode = "train" if self.model.training else "eval"
         started = time.perf_counter()
         trajectories = self._rollouts(inputs)
