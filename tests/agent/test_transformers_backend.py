@@ -123,3 +123,28 @@ def test_rolled_back_state_is_not_reused(backend, noise_png, second_image):
     conv.add_model("something else entirely")  # not what the state covers
     enc = backend._encode(conv, first.state)
     assert enc.cache is None and enc.ids[-3:] != list(first.token_ids[-3:])
+
+
+def test_kv_reuse_that_cannot_happen_is_said_once(random_model_dir, noise_png, second_image, monkeypatch, caplog):
+    """A release whose generate() output names its cache differently must not lose KV reuse in silence: the
+    backend warns once (and the steps still run, re-encoding their prompts)."""
+    import thyme.agent.backends.transformers as module
+
+    monkeypatch.setattr(module, "CACHE_KEY", "no_such_cache")
+    fresh = module.TransformersBackend.from_pretrained(str(random_model_dir))
+    with caplog.at_level("WARNING", logger=module.__name__):
+        for _ in range(2):
+            first = fresh.generate(
+                [GenerationRequest(_conv(noise_png), SamplingParams(max_new_tokens=4), stops=(), reuse_cache=True)]
+            )[0]
+            assert first.state.cache is None
+    said = [r for r in caplog.records if "KV reuse is on" in r.getMessage()]
+    assert len(said) == 1 and "no_such_cache" in said[0].getMessage()
+
+
+def test_the_cache_name_is_the_one_this_release_uses():
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    from thyme.agent.backends.transformers import CACHE_KEY
+
+    assert CACHE_KEY in {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, LogitsProcessorList, StoppingCriteria
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from thyme.agent.backends.ats_logits import CodeGreedyLogitsProcessor
 from thyme.agent.backends.base import (
@@ -51,6 +52,12 @@ from thyme.models.quiet import no_progress_bars
 from thyme.protocol import TextPart, cut_at_first_stop, is_code_open
 
 log = logging.getLogger(__name__)
+
+# What this transformers release calls the KV cache, in `generate()`'s keyword arguments and in its output:
+# `past_key_values` up to 5.2x, `cache` from 5.25 (which still accepts the old keyword, deprecated). Reading
+# the wrong attribute finds nothing, so KV reuse would silently stop; the name is read from the release.
+_CACHE_FIELDS = [f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)]
+CACHE_KEY = next((n for n in ("cache", "past_key_values") if n in _CACHE_FIELDS), None)
 
 
 @dataclasses.dataclass
@@ -133,6 +140,7 @@ class TransformersBackend:
         # Since load: prompt tokens run through the model (prefill) and those served from a kept KV cache,
         # generate() calls and their decoding steps (one per new token of the longest row).
         self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "generate_calls": 0, "decode_steps": 0}
+        self._said_no_cache = False
 
     @property
     def pixel_bounds(self) -> dict[str, int | None]:
@@ -295,7 +303,7 @@ class TransformersBackend:
             max_new = min(max_new, self.context_length - longest)
         reuse = len(encoded) == 1 and encoded[0].cache is not None
         inputs = self._single_with_cache(encoded[0]) if reuse else self._batch(encoded)
-        cached = inputs["cache"].get_seq_length() if reuse else 0
+        cached = inputs[CACHE_KEY].get_seq_length() if reuse else 0
         self.stats["generate_calls"] += 1
         self.stats["cached_tokens"] += cached
         self.stats["prefill_tokens"] += sum(len(e.ids) for e in encoded) - cached
@@ -377,7 +385,14 @@ class TransformersBackend:
             # A one-row batch has no padding, so its cache is this trajectory's; a re-tokenised tail is not.
             cache = None
             if request.reuse_cache and len(out.sequences) == 1 and text == raw:
-                cache = getattr(out, "cache", None)
+                cache = getattr(out, CACHE_KEY, None) if CACHE_KEY else None
+                if cache is None and not self._said_no_cache:
+                    self._said_no_cache = True
+                    log.warning(
+                        "KV reuse is on but this transformers release's generate() returned no cache "
+                        "(looked for %r): every step re-encodes its whole prompt",
+                        CACHE_KEY or "cache/past_key_values",
+                    )
             state = _Encoded(
                 ids=enc.ids + list(body),
                 mm_types=enc.mm_types + [0] * len(body),
@@ -476,7 +491,7 @@ class TransformersBackend:
             "attention_mask": mask,
             "mm_token_type_ids": types,
             "position_ids": positions,
-            "cache": cache,
+            CACHE_KEY: cache,
         }
         new = slice(e.cached_images, None)
         if e.pixels[new]:
