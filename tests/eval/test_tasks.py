@@ -10,6 +10,7 @@ from benchmark_files import b64, image_struct, jpeg_bytes, png_bytes, write_parq
 
 from thyme.eval import TaskSpec, get_task, task_names
 from thyme.eval.loaders import DataError
+from thyme.eval.runner import record_meta
 from thyme.protocol import extract_answer
 
 MCQ_INSTRUCTION = "Please select the correct answer from the options above."
@@ -24,6 +25,7 @@ BUILT_IN = {
     "pope",
     "ocrbench",
     "chartqa",
+    "mathverse_vision_only",
     "toyworld_zoom",
     "toyworld_compute",
     "toyworld_rotate",
@@ -281,6 +283,49 @@ def test_chartqa(tmp_path):
     assert_round_trip(task, samples["2"], right=["0.45", "46%"], wrong=["45"])
 
 
+def test_ocrbench_and_chartqa_hub_parquet_layouts(tmp_path):
+    """echo840/OCRBench (answer a list, category in question_type), HuggingFaceM4/ChartQA (query, label list,
+    human_or_machine 0/1) and lmms-lab/ChartQA (type)."""
+    ocr = write_parquet(
+        tmp_path / "ocr" / "test-00000-of-00001.parquet",
+        [
+            {
+                "dataset": "IIIT5K",
+                "question": "what is written in the image?",
+                "question_type": "Regular Text Recognition",
+                "answer": ["Coffee", "COFFEE BAR"],
+                "image": image_struct(png_bytes()),
+            }
+        ],
+    )
+    task = get_task("ocrbench")
+    (text,) = load("ocrbench", ocr, tmp_path / "o").values()
+    assert (text.category, text.meta["answers"]) == ("Regular Text Recognition", ["Coffee", "COFFEE BAR"])
+    assert_round_trip(task, text, right=["COFFEE bar"], wrong=["tea"])
+    assert task.aggregate([{"category": text.category, "score": 1.0}])["Text Recognition"] == 1
+
+    m4 = write_parquet(
+        tmp_path / "m4" / "test-00000-of-00001.parquet",
+        [
+            {"image": image_struct(png_bytes()), "query": "Max?", "label": ["40"], "human_or_machine": 0},
+            {"image": image_struct(png_bytes()), "query": "Colour?", "label": ["Red"], "human_or_machine": 1},
+        ],
+    )
+    task = get_task("chartqa")
+    samples = load("chartqa", m4, tmp_path / "m")
+    assert [(s.question, s.category) for s in samples.values()] == [
+        ("Max?", "human"),
+        ("Colour?", "augmented"),
+    ]
+    assert_round_trip(task, samples["0"], right=["41"], wrong=["43"])
+    assert_round_trip(task, samples["1"], right=["red"], wrong=["blue"])
+    lmms = write_parquet(
+        tmp_path / "lmms" / "test-00000-of-00001.parquet",
+        [{"type": "human_test", "question": "Max?", "answer": "40", "image": image_struct(png_bytes())}],
+    )
+    assert [s.category for s in load("chartqa", lmms, tmp_path / "l").values()] == ["human_test"]
+
+
 def test_open_answer_files_without_golds_are_refused(tmp_path):
     rows = [{"index": 0, "image": b64(png_bytes()), "question": "q", "answer": "[]", "category": "x"}]
     with pytest.raises(DataError, match="no gold answer"):
@@ -406,6 +451,79 @@ def test_mathvista_parquet_hub_layout(tmp_path):
     assert (mcq.answer, mcq.category, count.choices) == ("B", "geometry problem solving", None)
     assert_round_trip(task, mcq, right=["B", "8/11"], wrong=["D"])
     assert_round_trip(task, count, right=["3"], wrong=["4"])
+
+
+# -- MathVerse ---------------------------------------------------------------------------------------------
+VISION_ONLY_QUESTION = (
+    "According to the question shown in the image, please directly answer the question and provide the "
+    "correct option letter, e.g., A, B, C, D."
+)
+
+
+def test_mathverse_vision_only_tsv(tmp_path):
+    image = b64(png_bytes())
+    meta = "{'split': 'testmini', 'source': 'GeoQA', 'subject': 'Plane Geometry', 'subfield': 'Length'}"
+    rows = [
+        {
+            "index": 1, "image": image, "question": VISION_ONLY_QUESTION, "answer": "C",
+            "question_type": "multi-choice", "problem_version": "Vision Only", "metadata": meta,
+        },
+        {
+            "index": 2, "image": "1", "question": "Find x, as shown in the image.", "answer": "\\frac{1}{2}",
+            "question_type": "free-form", "problem_version": "Vision Only",
+            "metadata": meta.replace("Length", "Angle"),
+        },
+    ]  # fmt: skip
+    task = get_task("mathverse_vision_only")
+    samples = load("mathverse_vision_only", write_tsv(tmp_path / "MathVerse.tsv", rows), tmp_path)
+    choice, free = samples["1"], samples["2"]
+    assert task.prompt(choice) == VISION_ONLY_QUESTION  # as VLMEvalKit sends it: no wrapper
+    assert (choice.category, choice.meta["subfield"], free.meta["subfield"]) == (
+        "Plane Geometry", "Length", "Angle",
+    )  # fmt: skip
+    assert_round_trip(
+        task,
+        choice,
+        right=["C", "(C)", "C: \\sqrt{3}", "The answer is C."],
+        wrong=["B", "c", "\\sqrt{3}", "Cat"],
+    )
+    assert_round_trip(task, free, right=["\\frac{1}{2}", "$0.5$", "1/2"], wrong=["2", "x"])
+    records = [
+        {"score": 1.0, "meta": record_meta(choice.meta)},
+        {"score": 0.0, "meta": record_meta(free.meta)},
+    ]
+    metrics = task.aggregate(records)
+    assert metrics == {
+        "accuracy": 0.5,
+        "subject/Plane Geometry": 0.5,
+        "subfield/Angle": 0.0,
+        "subfield/Length": 1.0,
+    }
+
+
+def test_mathverse_hub_parquet_keeps_vision_only(tmp_path):
+    base = {
+        "problem_index": "1",
+        "question": VISION_ONLY_QUESTION,
+        "image": image_struct(png_bytes()),
+        "answer": "B",
+        "question_type": "multi-choice",
+        "metadata": {
+            "split": "testmini",
+            "source": "GeoQA",
+            "subject": "Plane Geometry",
+            "subfield": "Angle",
+        },
+        "query_wo": VISION_ONLY_QUESTION,
+        "query_cot": VISION_ONLY_QUESTION,
+        "question_for_eval": "As shown ... Choices: A: 1 B: 2",
+    }
+    versions = ["Text Dominant", "Vision Only", "Vision Intensive"]
+    rows = [{**base, "sample_index": str(i), "problem_version": v} for i, v in enumerate(versions, 1)]
+    root = write_parquet(tmp_path / "MathVerse" / "testmini" / "testmini-00000-of-00001.parquet", rows)
+    samples = load("mathverse_vision_only", root, tmp_path)
+    assert list(samples) == ["2"] and samples["2"].category == "Plane Geometry"
+    assert_round_trip(get_task("mathverse_vision_only"), samples["2"], right=["B"], wrong=["A"])
 
 
 # -- the toy world -----------------------------------------------------------------------------------------

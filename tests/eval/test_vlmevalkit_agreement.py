@@ -188,3 +188,35 @@ def test_chartqa_relaxed_accuracy_matches_vlmevalkit(tmp_path):
     assert table[ALL]["tools"][0] == pytest.approx(CHARTQA_EXPECTED["all"] / 100)
     for split in ("human", "augmented"):
         assert table[split]["tools"][0] == pytest.approx(CHARTQA_EXPECTED[split] / 100)
+
+
+# VLMEvalKit's MathVerse (vlmeval/dataset/utils/mathverse.py) on mathverse_predictions.tsv. Its extraction and
+# most of its scoring are GPT calls; its rule is `post_check_score` (the extracted answer equals the gold,
+# then no judge is asked), given here each row's prediction as the extracted answer (vlmevalkit_post_check).
+# `MathVerse_acc` on the fixture with our per-row scores gave this breakdown (percent):
+MATHVERSE_EXPECTED = {
+    "Overall": 66.66666666666666,
+    "Plane Geometry": 83.33333333333334,
+    "Functions": 60.0,
+    "Solid Geometry": 0.0,
+    "Volume": 0.0,
+    "Expression": 50.0,
+    "Angle": 100.0,
+    "Length": 100.0,
+    "Coordinate": 50.0,
+    "Area": 0.0,
+    "Property": 100.0,
+}
+
+
+def test_mathverse_rules_and_breakdown_match_vlmevalkit(tmp_path):
+    rows, records = scored_records("mathverse_vision_only", "mathverse_predictions.tsv", tmp_path)
+    scores = [r["score"] for r in records]
+    # Where VLMEvalKit's rule says right, so do we; where we say right beyond it (an option letter in "(C)",
+    # math equivalence), VLMEvalKit asks its judge; a lone "b" and a wrong equation stay wrong.
+    assert all(s == 1.0 for s, row in zip(scores, rows, strict=True) if row["vlmevalkit_post_check"] == "1")
+    assert scores == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    metrics = get_task("mathverse_vision_only").aggregate(records)
+    ours = {k.split("/", 1)[-1]: 100 * v for k, v in metrics.items()}
+    ours["Overall"] = ours.pop("accuracy")
+    assert ours == pytest.approx(MATHVERSE_EXPECTED)
