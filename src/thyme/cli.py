@@ -135,6 +135,12 @@ def serve(
         False, "--raw", help="Serve plain generation (like `vllm serve`) instead of the whole loop."
     ),
     max_steps: int = typer.Option(5, "--max-steps", help="Loop mode: generation rounds per request."),
+    max_batch: int = typer.Option(
+        32,
+        "--max-batch",
+        help="Loop mode: concurrent requests' steps share one batched generation, up to this many "
+        "requests per call; 1 runs each step alone.",
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     allow_weak_isolation: bool = typer.Option(
         False, "--allow-weak-isolation", help="Loop mode: run even when a sandbox layer is missing."
@@ -172,6 +178,8 @@ def serve(
         sandbox_token = read_token_file(sandbox_token_file) if sandbox_token_file is not None else None
         if raw and sandbox_url:
             raise ValueError("--sandbox-url is for the loop; --raw serves generation and runs no code")
+        if max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, not {max_batch}")
         if raw:
             serve_generation(
                 model, host, port, token=token, model_name=served_name, device=device, on_ready=ready
@@ -188,6 +196,7 @@ def serve(
                 sandbox_urls=sandbox_url or None,
                 sandbox_token=sandbox_token,
                 on_ready=ready,
+                max_batch=max_batch,
                 device=device,
             )
     except (ValueError, BackendError, SandboxError) as exc:

@@ -300,3 +300,68 @@ def test_thyme_serve_refuses_sandbox_hosts_it_cannot_use(flags, words):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+# -- shared generation -------------------------------------------------------------------------------------
+def test_concurrent_requests_share_batched_generation(scripted_backend, agent_sandbox, noise_png):
+    """Eight clients at once: every answer right, and their steps went to the model in shared batches (fewer
+    generate() calls than steps), where max_batch=1 makes one call per step."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = AgentConfig(sampling=SamplingParams(max_new_tokens=160))
+    counts = {}
+    for max_batch in (32, 1):
+        agent = Agent(scripted_backend, config=config, sandbox=agent_sandbox)
+        with AgentServer(agent, "127.0.0.1", 0, model_name="scripted", max_batch=max_batch) as srv:
+            srv.start()
+            # The agent's own runs and the server's share its artifacts folder and trajectory numbering.
+            assert agent.run(image=noise_png, question="What is six times seven?").answer == "42"
+            calls_before = scripted_backend.stats["generate_calls"]
+            payloads = [ask(noise_png, "What is six times seven?")] * 8
+            with ThreadPoolExecutor(8) as pool:
+                replies = list(pool.map(post, [srv.url] * 8, payloads, [None] * 8))
+            assert all(status == 200 and body["thyme"]["answer"] == "42" for status, body in replies), replies
+            steps = sum(body["thyme"]["steps"] for _, body in replies)
+            counts[max_batch] = (scripted_backend.stats["generate_calls"] - calls_before, steps, srv.shared)
+        agent.close()
+    calls, steps, shared = counts[32]
+    assert shared is not None and shared.largest > 1 and calls < steps, (calls, steps, shared.largest)
+    assert shared.requests == steps
+    calls, steps, shared = counts[1]
+    assert shared is None and calls == steps
+
+
+def test_shared_generation_reports_a_failed_call_to_each_of_its_callers(scripted_backend):
+    """A BackendError of one shared call (here: ATS with sampled code, which this backend refuses) reaches
+    every caller whose request was in it; the queue goes on serving afterwards."""
+    import threading
+
+    from thyme.agent import BackendError
+    from thyme.agent.backends.base import GenerationRequest
+    from thyme.agent.conversation import Conversation
+    from thyme.protocol import TextPart
+    from thyme.serve.batching import SharedGeneration
+
+    conversation = Conversation(system="", user=(TextPart("What is six times seven?"),))
+    bad = GenerationRequest(conversation, SamplingParams(temperature=1.0, code_temperature=0.5))
+    good = GenerationRequest(conversation, SamplingParams(max_new_tokens=4))
+    shared = SharedGeneration(scripted_backend, max_batch=8, window_s=0.2)  # a wide window: one call
+    errors = []
+
+    def call() -> None:
+        try:
+            shared.generate([bad])
+        except BackendError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(errors) == 3 and shared.calls == 0
+    (generation,) = shared.generate([good])
+    assert generation.completion_tokens > 0 and shared.calls == 1
+    shared.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        shared.generate([good])

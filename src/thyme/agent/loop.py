@@ -86,6 +86,7 @@ class Agent:
         self.artifacts_dir = Path(artifacts_dir or tempfile.mkdtemp(prefix="thyme-agent-"))
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self._ids = itertools.count()
+        self._sandbox_owner: Agent | None = None  # set on views made by `sharing`
         self.preset = get_preset(self.config.preset or backend.default_preset)
         self.direct_preset = (
             get_preset(self.config.direct_preset) if self.config.direct_preset else direct_preset(self.preset)
@@ -112,6 +113,16 @@ class Agent:
         )
         return cls(backend_impl, config=config, sandbox=sandbox, sandbox_config=sandbox_config)
 
+    def sharing(self, backend: Backend) -> Agent:
+        """An agent over `backend` (a wrapper of this one's, say) that shares everything else with this one:
+        configuration, sandbox (still started on first use, and owned by this agent), artifacts folder and
+        trajectory numbering. Closing it closes `backend` only."""
+        view = Agent(backend, config=self.config, artifacts_dir=self.artifacts_dir)
+        view._own_sandbox = False
+        view._sandbox_owner = self
+        view._ids = self._ids
+        return view
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:
         if self._own_sandbox and self._sandbox is not None:
@@ -130,6 +141,8 @@ class Agent:
     @property
     def sandbox(self):
         """The sandbox pool (started on first use)."""
+        if self._sandbox_owner is not None:
+            return self._sandbox_owner.sandbox
         with self._sandbox_lock:
             if self._sandbox is None:
                 from thyme.sandbox import Sandbox, SandboxConfig

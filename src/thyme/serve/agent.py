@@ -33,7 +33,9 @@ JSON errors with their status.
 The HTTP side (auth, limits, errors, the event stream) is the generation server's (`thyme.serve.generation`);
 this module only replaces what one completion does. Sampling fields of the request (`temperature`,
 `top_p`, `top_k`, `seed`, `max_tokens` per step) override the agent's; without `temperature` the agent's
-own decoding applies (greedy by default). Requests run concurrently; the backend serialises generation.
+own decoding applies (greedy by default). Requests run concurrently, and with a local backend their steps
+share generation (`thyme.serve.batching`): the steps in flight go to the model as one batch, so throughput
+grows with clients (`max_batch` requests per call, `thyme serve --max-batch`; 1 turns sharing off).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from thyme.agent.events import CodeCall, Error, Event, ModelText, Observation, R
 from thyme.agent.trajectory import Trajectory
 from thyme.protocol import STOP_STRINGS
 from thyme.sandbox.client import SandboxClient, ServiceError
+from thyme.serve.batching import DEFAULT_MAX_BATCH, SharedGeneration
 from thyme.serve.generation import ROLE_DELTA, GenerationServer, LiveText
 from thyme.serve.openai_api import ApiError, ChatRequest, Completion
 
@@ -73,13 +76,39 @@ class AgentCompletion(Completion):
 
 
 class AgentServer(GenerationServer):
-    """Serves `agent` (its backend and sandbox) as OpenAI chat completions; the caller owns the agent."""
+    """Serves `agent` (its backend and sandbox) as OpenAI chat completions; the caller owns the agent.
+
+    max_batch: with a batched (local) backend, the most requests' steps one shared `generate()` call takes
+               (`thyme.serve.batching`); 1 runs each step on its own.
+    """
 
     def __init__(
-        self, agent: Agent, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **kw
+        self,
+        agent: Agent,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: str | None = None,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        **kw,
     ):
         super().__init__(agent.backend, host, port, token, **kw)
         self.agent = agent
+        self.shared: SharedGeneration | None = None
+        self._runner: Agent | None = None
+        if max_batch > 1 and agent.backend.batched:
+            self.shared = SharedGeneration(agent.backend, max_batch)
+            self._runner = agent.sharing(self.shared)  # type: ignore[arg-type]  # a Backend by delegation
+
+    def close(self) -> None:
+        """Stop listening (see `GenerationServer.close`), then the shared generation queue."""
+        super().close()
+        if self.shared is not None:
+            self.shared.close()
+
+    def runner(self) -> Agent:
+        """The agent requests run on: `agent` itself, or (sharing generation) `agent.sharing(queue)`."""
+        return self.agent if self._runner is None else self._runner
 
     def parse(self, payload: dict[str, Any]) -> AgentRequest:
         options = payload.pop("thyme", None) or {}
@@ -142,7 +171,7 @@ class AgentServer(GenerationServer):
             path = Path(tmp) / "image.png"
             image.save(path)
             try:
-                return self.agent.run(
+                return self.runner().run(
                     image=path, question=question, tools=request.tools, config=request.config, **hooks
                 )
             except InputError as exc:  # the question or image the loop cannot take (parsing caught most)
@@ -299,6 +328,7 @@ def serve_agent(
     sandbox_urls: str | Sequence[str] | None = None,
     sandbox_token: str | None = None,
     on_ready=None,
+    max_batch: int = DEFAULT_MAX_BATCH,
     **backend_options: Any,
 ) -> None:
     """Load `model` (transformers backend) and serve the loop until SIGINT or SIGTERM.
@@ -325,7 +355,7 @@ def serve_agent(
             model, config=config, sandbox=remote, sandbox_config=sandbox_config, **backend_options
         )
         _ = agent.sandbox  # start the pool now: a missing confinement layer fails here, not at a request
-        server = AgentServer(agent, host, port, token, model_name=model_name or model)
+        server = AgentServer(agent, host, port, token, model_name=model_name or model, max_batch=max_batch)
     except BaseException:  # a failed start, or SIGTERM / Ctrl-C while loading
         close()
         raise
