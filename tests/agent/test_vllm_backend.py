@@ -600,3 +600,80 @@ def test_real_engine_generates_on_the_tiny_model(random_model_dir, noise_png):
         assert not vision & set(gen[0].token_ids)
     finally:
         backend.close()
+
+
+# -- GRPO's colocated engine (thyme.train.vllm_rollouts) -----------------------------------------------------
+class ColocatedGeneration:
+    """TRL's `VLLMGeneration` in colocate mode as `ColocatedRollouts` uses it: the engine (the stand-in,
+    with `llm_engine.model_config.max_model_len` and sleep/wake), `sync_weights`, the sleep-mode flags;
+    records the calls."""
+
+    mode = "colocate"
+    tensor_parallel_size = 1
+
+    def __init__(self, engine: TransformersLLM, sleep: bool) -> None:
+        self.llm = engine
+        self.enable_sleep_mode = sleep
+        self._llm_weights_sleeping = sleep  # TRL puts a new engine to sleep at once in sleep mode
+        self.log: list[str] = []
+        model_config = types.SimpleNamespace(max_model_len=engine.max_model_len)
+        engine.llm_engine = types.SimpleNamespace(model_config=model_config)
+        engine.sleep = lambda level: self.log.append(f"sleep {level}")
+        engine.wake_up = lambda tags: self.log.append(f"wake {','.join(tags)}")
+        real_generate = engine.generate
+
+        def generate(*args, **kwargs):
+            self.log.append("generate")
+            return real_generate(*args, **kwargs)
+
+        engine.generate = generate
+
+    def sync_weights(self) -> None:
+        self.log.append("sync")
+        self._llm_weights_sleeping = False
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_grpo_rollouts_on_the_colocated_engine(sleep, scripted_model_dir, agent_sandbox, noise_png):
+    """The agent loop on TRL's colocated engine: weights synced once per optimizer step (and after every
+    level-2 sleep), the engine awake only while rolling out, the trajectories those of the vLLM backend."""
+    from thyme.train.vllm_rollouts import ColocatedRollouts
+
+    engine = TransformersLLM(scripted_model_dir)
+    generation = ColocatedGeneration(engine, sleep)
+    rollouts = ColocatedRollouts(
+        generation,
+        engine.backend.processor,
+        engine.backend.model.config,
+        preset="default",
+        pixel_bounds={"min_pixels": None, "max_pixels": None},
+        max_images=11,
+        eos_token_ids=sorted(engine.backend.eos_ids),
+        sampling_params_cls=EngineSamplingParams,
+    )
+    trainer = types.SimpleNamespace(state=types.SimpleNamespace(global_step=0), _last_loaded_step=-1)
+    config = AgentConfig(sampling=SamplingParams(max_new_tokens=160))
+    answers = []
+    for step in (0, 0, 1):  # two rollout batches in step 0 (gradient accumulation), one in step 1
+        trainer.state.global_step = step
+        with rollouts.ready(trainer) as backend:
+            agent = Agent(backend, config=config, sandbox=agent_sandbox)
+            answers += [t.answer for t in agent.run_batch([("What is six times seven?", noise_png)] * 2)]
+    assert answers == ["42"] * 6 and trainer._last_loaded_step == 1
+    batch = ["wake kv_cache", "generate", "generate", "sleep 2"] if sleep else ["generate", "generate"]
+    if sleep:  # a level-2 sleep drops the weights: every batch syncs
+        assert generation.log == ["sync", *batch] * 3
+    else:  # weights pushed when the step changes only
+        assert generation.log == ["sync", *batch, *batch, "sync", *batch]
+
+
+def test_colocated_rollouts_refuse_what_they_cannot_follow(random_model_dir):
+    from thyme.train.vllm_rollouts import ColocatedRollouts
+
+    engine = TransformersLLM(random_model_dir)
+    generation = ColocatedGeneration(engine, sleep=False)
+    generation.tensor_parallel_size = 2
+    with pytest.raises(ValueError, match="tensor_parallel_size 1"):
+        ColocatedRollouts(generation, engine.backend.processor, engine.backend.model.config,
+                          preset="default", pixel_bounds={}, max_images=11,
+                          sampling_params_cls=EngineSamplingParams)  # fmt: skip

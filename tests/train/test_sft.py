@@ -76,12 +76,18 @@ def test_resumed_run_matches_the_uninterrupted_one(tiny_model_dir, compute_data,
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+def is_vision(key: str) -> bool:
+    """A vision-tower weight, in either file layout transformers writes: `visual.*` (the hub's, as 5.25
+    writes it) or `model.visual.*` (as 5.5.4 does)."""
+    return key.startswith(("visual.", "model.visual."))
+
+
 def test_frozen_vision_tower_and_merger_by_default(tiny_model_dir, compute_data, tmp_path):
     run_sft(config(tiny_model_dir, compute_data, tmp_path / "out"))
     before, after = weights(tiny_model_dir), weights(tmp_path / "out")
     assert set(before) == set(after)  # hub layout kept, nothing added
-    vision = [k for k in before if k.startswith("visual.")]
-    language = [k for k in before if not k.startswith("visual.")]
+    vision = [k for k in before if is_vision(k)]
+    language = [k for k in before if not is_vision(k)]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     assert any(not torch.equal(before[k], after[k]) for k in language)
 
@@ -94,7 +100,7 @@ def test_lora_trains_the_language_model_and_merges(tiny_model_dir, compute_data,
     assert losses(result)[-1] < losses(result)[0]
     before, after = weights(tiny_model_dir), weights(out)
     assert set(before) == set(after)  # merged: no adapter keys left
-    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
+    assert all(torch.equal(before[k], after[k]) for k in before if is_vision(k))
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("proj" in k for k in changed)
     AutoModelForImageTextToText.from_pretrained(out)  # loads as a plain checkpoint

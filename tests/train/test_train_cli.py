@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -173,6 +174,40 @@ def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
     assert "thyme/format" in logged[0] and logged[0]["thyme/format"] == 1.0
     bad = run([*THYME, "train", "grpo", str(cfg), "--set", "reward=bogus"])
     assert bad.returncode == 2 and "reward: 'bogus' is not registered" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["device=cpu"], "use_vllm: true needs a CUDA GPU"),
+        (["device=auto", "vllm_mode=server"], "vllm_mode: server is not supported yet"),
+        (["device=auto"], "vLLM is not installed" if importlib.util.find_spec("vllm") is None else None),
+    ],
+)
+def test_train_grpo_checks_its_vllm_settings_before_loading(
+    scripted_model, images, tmp_path, overrides, message
+):
+    cfg = grpo_config(scripted_model, images, tmp_path)
+    sets = [arg for o in ["use_vllm=true", *overrides] for arg in ("--set", o)]
+    check = run([*THYME, "train", "grpo", str(cfg), *sets, "--check"])
+    if message is None:  # vLLM is installed here: the settings pass this check
+        assert "vLLM is not installed" not in check.stderr
+    else:
+        assert check.returncode == 2 and message in check.stderr and "Traceback" not in check.stderr
+
+
+def test_trl_runs_colocated_vllm_without_importance_sampling_correction():
+    """What TRL is told with use_vllm: a colocated engine per GPU, no sampling-log-prob correction."""
+    from thyme.train.grpo_config import GRPOConfig
+    from thyme.train.grpo_run import trl_grpo_arguments
+
+    config = GRPOConfig(model="m", output_dir=Path("out"), data=[{"path": "x"}], use_vllm=True,
+                        vllm_enable_sleep_mode=True, vllm_max_model_len=8192, grad_accum=4,
+                        report_to=("none",))  # fmt: skip
+    args = trl_grpo_arguments(config)
+    assert (args.use_vllm, args.vllm_mode, args.vllm_tensor_parallel_size) == (True, "colocate", 1)
+    assert args.vllm_importance_sampling_correction is False and args.vllm_enable_sleep_mode is True
+    assert (args.vllm_max_model_length, args.vllm_gpu_memory_utilization) == (8192, 0.3)
 
 
 @pytest.mark.slow

@@ -75,3 +75,20 @@ def test_unwrap_for_generation_and_utils():
     assert params(unwrap_model_for_generation)[:2] == ["model", "accelerator"]
     assert "gather_deepspeed3_params" in params(unwrap_model_for_generation)
     assert params(nanstd)[0] == "tensor"
+
+
+def test_colocated_vllm_seams():
+    """What thyme.train.vllm_rollouts uses of TRL's colocated vLLM (importable without vLLM)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    assert params(VLLMGeneration.sync_weights) == ["self"]
+    source = inspect.getsource(VLLMGeneration)
+    for attribute in ("self.llm = LLM(", "self.enable_sleep_mode", "self._llm_weights_sleeping", "self.mode"):
+        assert attribute in source, attribute
+    assert 'self.llm.wake_up(tags=["weights"])' in inspect.getsource(VLLMGeneration.sync_weights)
+    trainer_init = inspect.getsource(GRPOTrainer.__init__)
+    assert "self.vllm_generation = VLLMGeneration(" in trainer_init
+    assert "self._last_loaded_step = -1" in trainer_init
+    assert "self.eos_token_ids = " in trainer_init
+    # TRL's trainer reads the engine's context length where we do
+    assert "self.vllm_generation.llm.llm_engine.model_config.max_model_len" in inspect.getsource(GRPOTrainer)

@@ -12,6 +12,8 @@ One rollout batch, as the override runs it:
    transformers backend over the unwrapped training model (`trl.models.unwrap_model_for_generation`): text at
    `temperature`, code greedy (ATS, one `generate()` call with a per-row logits processor), the repetition
    guard on, the code run in a shared sandbox, one session per rollout, its output fed back inside the turn.
+   With `use_vllm` the same loop runs on the vLLM backend over TRL's colocated engine, the policy's weights
+   pushed in by TRL before each step's rollouts (`thyme.train.vllm_rollouts`).
 2. Each trajectory is encoded by the generation encoder (`thyme.train.rollout`): exact generated ids, the
    sandbox's tokens and images inside the completion with `tool_mask = 0`, `mm_token_type_ids` over prompt and
    completion so TRL's forward computes 3-D positions, every image's pixels in sequence order.
@@ -133,11 +135,16 @@ class ThymeGRPOTrainer(GRPOTrainer):
         from thyme.agent import Agent, Task
         from thyme.agent.backends.transformers import TransformersBackend
 
-        if self.use_vllm:
-            raise NotImplementedError(
-                "rollouts through vLLM run in ThymeGRPOTrainer only with use_vllm: false"
-            )
         tasks = [Task(row["question"], row["image"]) for row in inputs]
+        if self.use_vllm:
+            with self._colocated().ready(self) as backend:
+                agent = Agent(
+                    backend, config=self.agent_config, sandbox=self.sandbox, artifacts_dir=self._artifacts
+                )
+                trajectories = agent.run_batch(tasks, max_batch=len(tasks))
+            if len(trajectories) != len(tasks):
+                raise RuntimeError(f"{len(tasks)} prompts gave {len(trajectories)} rollouts")
+            return trajectories
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,
@@ -166,6 +173,23 @@ class ThymeGRPOTrainer(GRPOTrainer):
         if len(trajectories) != len(tasks):
             raise RuntimeError(f"{len(tasks)} prompts gave {len(trajectories)} rollouts")
         return trajectories
+
+    def _colocated(self):
+        """The vLLM backend over TRL's colocated engine (made on first use; `thyme.train.vllm_rollouts`)."""
+        if getattr(self, "_vllm_rollouts", None) is None:
+            from thyme.train.vllm_rollouts import ColocatedRollouts
+
+            self._vllm_rollouts = ColocatedRollouts(
+                self.vllm_generation,
+                self.processing_class,
+                self.accelerator.unwrap_model(self.model).config,
+                preset=self.agent_config.preset or "default",
+                pixel_bounds=self.encoder.pixel_bounds,
+                max_images=self.agent_config.max_images + 1,
+                eos_token_ids=list(self.eos_token_ids),
+                model_id=str(getattr(self.model, "name_or_path", "")),
+            )
+        return self._vllm_rollouts
 
     def _log_probs(self, out: dict[str, Any], mode: str) -> None:
         """Old and reference log-probs, under the conditions TRL's own method computes them."""

@@ -81,8 +81,10 @@ class GRPOConfig:
     gradient_checkpointing: bool = False
     deepspeed: str | None = None
     use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int | None = None
+    vllm_enable_sleep_mode: bool = False
     logging_steps: int = 1
     save_steps: int = 100
     save_total_limit: int | None = 2

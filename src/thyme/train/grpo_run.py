@@ -50,11 +50,28 @@ def check_grpo(config: GRPOConfig) -> str | None:
     from thyme.rewards import reward_names
 
     if config.use_vllm:
-        raise ConfigError("use_vllm: true is not supported yet; rollouts run on the transformers backend")
+        check_vllm(config)
     if config.reward not in reward_names():
         names = ", ".join(reward_names())
         raise ConfigError(f"reward: {config.reward!r} is not registered; choose one of {names}")
     return check_run(config, RESULT_FILE)
+
+
+def check_vllm(config: GRPOConfig) -> None:
+    """`use_vllm: true` needs colocated vLLM on a CUDA GPU, installed (ConfigError saying what to change)."""
+    import importlib.util
+
+    if config.vllm_mode != "colocate":
+        raise ConfigError(
+            "vllm_mode: server is not supported yet; use vllm_mode: colocate (an engine beside each trainer)"
+        )
+    if config.device == "cpu":
+        raise ConfigError("use_vllm: true needs a CUDA GPU; on the CPU set use_vllm: false")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "use_vllm: true but vLLM is not installed: pip install 'thyme-vl[vllm]' (Linux, CUDA GPU), "
+            "or set use_vllm: false"
+        )
 
 
 def prompt_rows(config: GRPOConfig) -> list[dict[str, Any]]:
@@ -101,7 +118,15 @@ def trl_grpo_arguments(config: GRPOConfig):
         scale_rewards=config.scale_rewards,
         num_iterations=config.num_iterations,
         max_completion_length=config.max_new_tokens * config.max_turns,
-        use_vllm=False,
+        # vLLM only as the rollouts' engine (thyme.train.vllm_rollouts): colocated, one engine per GPU, and
+        # no importance-sampling correction (no sampling log-probs are used; see thyme.train.grpo).
+        use_vllm=config.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_max_model_length=config.vllm_max_model_len,
+        vllm_tensor_parallel_size=1,
+        vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
+        vllm_importance_sampling_correction=False,
     )
 
 
