@@ -222,3 +222,16 @@ def test_train_grpo_under_two_accelerate_processes(scripted_model, images, tmp_p
     assert done.stderr.count("trained 2 steps on 2 prompts") == 2
     logged = grpo_log(tmp_path / "out")
     assert len(logged) == 2 and logged[0]["reward"] == pytest.approx(1.0)
+
+
+def test_vllm_outside_the_range_trl_supports_is_refused():
+    from thyme.config import ConfigError
+    from thyme.train.grpo_run import VLLM_RANGE, check_vllm_version
+
+    check_vllm_version(VLLM_RANGE[0])
+    check_vllm_version("0.31.0+cu128")
+    for version in ("0.19.1", "0.32.0"):
+        with pytest.raises(ConfigError, match=r"need vLLM 0\.22\.0 to 0\.31\.0"):
+            check_vllm_version(version)
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'vllm = ["vllm>={VLLM_RANGE[0]},<={VLLM_RANGE[1]}"]' in pyproject

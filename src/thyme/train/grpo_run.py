@@ -59,6 +59,7 @@ def check_grpo(config: GRPOConfig) -> str | None:
 
 def check_vllm(config: GRPOConfig) -> None:
     """`use_vllm: true` needs colocated vLLM on a CUDA GPU, installed (ConfigError saying what to change)."""
+    import importlib.metadata
     import importlib.util
 
     if config.vllm_mode != "colocate":
@@ -71,6 +72,22 @@ def check_vllm(config: GRPOConfig) -> None:
         raise ConfigError(
             "use_vllm: true but vLLM is not installed: pip install 'thyme-vl[vllm]' (Linux, CUDA GPU), "
             "or set use_vllm: false"
+        )
+    check_vllm_version(importlib.metadata.version("vllm"))
+
+
+VLLM_RANGE = ("0.22.0", "0.31.0")  # what TRL 1.16 supports (pyproject.toml's `vllm` extra)
+
+
+def check_vllm_version(version: str) -> None:
+    """A ConfigError unless `version` is in the range TRL supports (TRL itself only warns)."""
+    from packaging.version import Version
+
+    low, high = VLLM_RANGE
+    if not Version(low) <= Version(Version(version).base_version) <= Version(high):
+        raise ConfigError(
+            f"vLLM {version} is installed; GRPO rollouts need vLLM {low} to {high} (the range TRL 1.16 "
+            f"supports): pip install 'thyme-vl[vllm]'"
         )
 
 

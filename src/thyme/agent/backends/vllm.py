@@ -24,7 +24,8 @@ What an offline request cannot do (no per-token control without a custom logits 
   every step.
 
 API followed: the V1 engine's offline API as of vLLM 0.10-0.11, unchanged since; the `vllm` extra asks for
-`vllm>=0.19.1`, the first release that accepts transformers 5 (which `thyme.models` needs):
+vLLM 0.22.0 to 0.31.0, the range TRL 1.16 supports (GRPO rollouts run on TRL's engine; 0.19.1 is the first
+release that accepts transformers 5, which `thyme.models` needs):
 - `LLM(model=..., tensor_parallel_size=..., gpu_memory_utilization=..., max_model_len=..., seed=...,
   limit_mm_per_prompt={"image": N}, mm_processor_kwargs={"min_pixels": ..., "max_pixels": ...})`;
 - `LLM.generate(prompts, [SamplingParams, ...], use_tqdm=False)`, prompts as
