@@ -32,6 +32,15 @@ def test_auto_processor_returns_the_image_only_processor(processor):
     assert processor.chat_template == processor.tokenizer.chat_template
 
 
+def test_model_input_names_need_no_video_processor(processor):
+    """transformers 5.5's `model_input_names` read `video_processor` (the Trainer asks for it when grouping
+    by length); ours lists what the processor makes, in 5.25's order."""
+    assert processor.model_input_names == [
+        "pixel_values", "image_grid_thw", "input_ids", "attention_mask", "second_per_grid_ts",
+        "mm_token_type_ids",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("size", [(320, 240), (2000, 1500), (60, 900)])
 def test_image_expands_to_its_grid_within_the_token_budget(processor, size):
     spec = SIZES["tiny"]

@@ -43,6 +43,13 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
         # ProcessorMixin, which zips them with our two attributes, so the trailing None is dropped.
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+    @property
+    def model_input_names(self) -> list[str]:
+        """The image processor's and the tokenizer's inputs plus Qwen2.5-VL's own two, as transformers 5.25
+        lists them (5.5's property reads a video processor, which this class does not have)."""
+        names = [*self.image_processor.model_input_names, *self.tokenizer.model_input_names]
+        return [*dict.fromkeys(names), "second_per_grid_ts", "mm_token_type_ids"]
+
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Any):
         if videos is not None:
             raise ValueError(
