@@ -127,19 +127,26 @@ def test_sandbox_exec_missing_file_is_one_clear_line(tmp_path):
     assert "is not a file" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_demo_without_a_bundled_model_says_so_and_runs_the_sandbox_demo(tmp_path):
-    """No thyme-tiny is bundled yet (issue: thyme-tiny); the demo says so and runs released-model-shaped code
-    in the real sandbox."""
-    result = thyme("demo", "--out", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "thyme-tiny is not bundled" in result.stdout
+def test_demo_without_a_bundled_model_says_so_and_runs_the_sandbox_demo(tmp_path, monkeypatch):
+    """Without a bundled thyme-tiny (a checkout before `make tiny` installs one) the demo says so and runs
+    released-model-shaped code in the real sandbox. (`thyme demo` with the model: tests/models.)"""
+    from rich.console import Console
+
+    import thyme.agent.loop
+    from thyme.demo import run_demo
+
+    monkeypatch.setattr(thyme.agent.loop, "bundled_tiny", lambda: None)
+    console = Console(record=True, width=100)
+    assert run_demo(tmp_path / "demo", console) == 0
+    shown = console.export_text()
+    assert "thyme-tiny is not bundled" in shown
     zoom = tmp_path / "demo" / "crop_and_zoom_0.png"
     assert zoom.exists()
     # The 60x25 box ran off the image; the crop was clamped inside it and enlarged to 64 px per side,
     # then zoomed 4x by the code.
     assert Image.open(zoom).size == (256, 256)
-    assert "crop_clamp" in result.stdout and "image_path" in result.stdout
-    assert "180.5" in result.stdout
+    assert "crop_clamp" in shown and "image_path" in shown
+    assert "180.5" in shown
 
 
 def test_demo_bad_options_are_one_line(tmp_path):

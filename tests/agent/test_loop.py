@@ -266,11 +266,13 @@ def test_bad_inputs_are_one_line_errors(scripted_backend, agent_sandbox, noise_p
         assert list(agent.artifacts_dir.iterdir()) == []  # nothing half-made
 
 
-def test_unknown_model_is_a_clear_error(tmp_path):
+def test_unknown_model_is_a_clear_error(tmp_path, monkeypatch):
+    import thyme.agent.loop
     from thyme.agent import BackendError
 
     with pytest.raises(BackendError, match="cannot load model"):
         Agent.from_pretrained(str(tmp_path / "nope"))
+    monkeypatch.setattr(thyme.agent.loop, "bundled_tiny", lambda: None)  # a checkout before `make tiny`
     with pytest.raises(BackendError, match="thyme models tiny"):
         Agent.from_pretrained("thyme-tiny")
 
