@@ -53,6 +53,10 @@ def test_train_sft_runs_and_reports(tiny_model_dir, compute_data, tmp_path):
     assert "trained 3 steps on 48 samples" in done.stderr
     assert len(curve(tmp_path / "out")) == 3
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    # the model is the user's to keep and share: the umask's modes (safetensors alone writes 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").glob("*.*")} == {0o666 & ~mask}
 
 
 def test_check_stops_before_loading(tiny_model_dir, compute_data, tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from thyme.config import ConfigError
-from thyme.files import atomic_write
+from thyme.files import atomic_write, give_umask
 
 
 def check_run(config, result_file: str, sources=None) -> str | None:
@@ -104,6 +104,7 @@ def save_final(
         atomic_write(out / result_file, json.dumps(summary, indent=1, default=str))
         if preset is not None:
             atomic_write(out / MODEL_CARD, json.dumps({"preset": preset}) + "\n")
+        give_umask(out)  # safetensors writes the weights 0600; the model is the user's to share
     trainer.accelerator.wait_for_everyone()
     return out
 
