@@ -125,7 +125,9 @@ def test_rolled_back_state_is_not_reused(backend, noise_png, second_image):
     assert enc.cache is None and enc.ids[-3:] != list(first.token_ids[-3:])
 
 
-def test_kv_reuse_that_cannot_happen_is_said_once(random_model_dir, noise_png, second_image, monkeypatch, caplog):
+def test_kv_reuse_that_cannot_happen_is_said_once(
+    random_model_dir, noise_png, second_image, monkeypatch, caplog
+):
     """A release whose generate() output names its cache differently must not lose KV reuse in silence: the
     backend warns once (and the steps still run, re-encoding their prompts)."""
     import thyme.agent.backends.transformers as module
@@ -135,7 +137,11 @@ def test_kv_reuse_that_cannot_happen_is_said_once(random_model_dir, noise_png, s
     with caplog.at_level("WARNING", logger=module.__name__):
         for _ in range(2):
             first = fresh.generate(
-                [GenerationRequest(_conv(noise_png), SamplingParams(max_new_tokens=4), stops=(), reuse_cache=True)]
+                [
+                    GenerationRequest(
+                        _conv(noise_png), SamplingParams(max_new_tokens=4), stops=(), reuse_cache=True
+                    )
+                ]
             )[0]
             assert first.state.cache is None
     said = [r for r in caplog.records if "KV reuse is on" in r.getMessage()]
