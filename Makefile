@@ -6,7 +6,7 @@
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev,models,eval,train
+EXTRAS ?= dev,models,eval,train,web
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.thyme-installed
 
