@@ -159,7 +159,7 @@ def serve(
     from thyme.agent import AgentConfig, BackendError
     from thyme.agent.backends.base import check_device
     from thyme.errors import cli_flags, first_line
-    from thyme.httpd import check_port
+    from thyme.asgi import check_port
     from thyme.sandbox import SandboxConfig, SandboxError
     from thyme.sandbox.server import read_token_file
     from thyme.serve.agent import serve_agent
@@ -478,7 +478,7 @@ def sandbox_serve(
     import ipaddress
 
     from thyme.errors import first_line
-    from thyme.httpd import check_port
+    from thyme.asgi import check_port
     from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
     from thyme.sandbox.server import SandboxServer, ServerConfig, read_token_file, serve_until_signal
 

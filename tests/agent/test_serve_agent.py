@@ -205,7 +205,7 @@ def test_a_stream_to_a_client_sending_connection_close_arrives_whole(server, noi
         headers={"Content-Type": "application/json", "Authorization": "Bearer t0k"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
         events = [line[6:] for line in response.read().decode().splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -365,3 +365,68 @@ def test_shared_generation_reports_a_failed_call_to_each_of_its_callers(scripted
     shared.close()
     with pytest.raises(RuntimeError, match="closed"):
         shared.generate([good])
+
+
+# -- the HTTP layer (FastAPI): schema errors, /docs, graceful shutdown --------------------------------------
+def test_schema_errors_are_openai_400s_that_name_the_field(server, noise_png):
+    status, body = post(server.url, ask(noise_png, "q", temperature="hot"))
+    assert status == 400 and body["error"]["param"] == "temperature"
+    assert (
+        body["error"]["message"].startswith("temperature: ")
+        and body["error"]["type"] == "invalid_request_error"
+    )
+    status, body = post(server.url, ask(noise_png, "q", thyme={"max_steps": 0}))
+    assert status == 400 and body["error"]["message"].startswith("thyme.max_steps: ")
+    status, body = post(server.url, {"model": "scripted", "messages": [{"role": "robot", "content": "hi"}]})
+    assert status == 400 and body["error"]["message"].startswith("messages[0].role: ")
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 400 and "not valid JSON" in json.loads(response.read())["error"]["message"]
+
+
+def test_docs_and_schema_are_served(server):
+    with urllib.request.urlopen(server.url + "/docs", timeout=30) as response:
+        assert response.status == 200 and b"swagger" in response.read().lower()
+    with urllib.request.urlopen(server.url + "/openapi.json", timeout=30) as response:
+        schema = json.loads(response.read())
+    assert "/v1/chat/completions" in schema["paths"]
+    assert "thyme" in schema["components"]["schemas"]["AgentChatRequest"]["properties"]
+
+
+def test_sigterm_lets_the_request_in_flight_finish(scripted_model_dir, noise_png):
+    """SIGTERM while a stream is in flight: the stream still ends whole with [DONE], then the server exits 0
+    and no longer accepts connections."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thyme", "serve", "--model", str(scripted_model_dir), "--port", "0",
+         "--served-model-name", "scripted"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://"), (
+            proc.stderr.read() if proc.poll() is not None else line
+        )
+        host, port = line.split()[-1].removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        payload = {**ask(noise_png, "Zoom in on the corner.", max_tokens=160), "stream": True}
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(payload), {"Content-Type": "application/json"}
+        )
+        response = conn.getresponse()
+        assert response.status == 200
+        first = response.readline()
+        assert first.startswith(b"data: ")
+        proc.send_signal(signal.SIGTERM)
+        rest = response.read().decode()
+        events = [first.decode()[6:].strip()] + [x[6:] for x in rest.splitlines() if x.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        final = json.loads(events[-2])["thyme"]
+        assert final["type"] == "final" and final["answer"] == "red"
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(OSError):
+            http.client.HTTPConnection(host, int(port), timeout=5).request("GET", "/health")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

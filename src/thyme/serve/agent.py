@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from thyme.agent import Agent, AgentConfig, InputError
 from thyme.agent.backends.base import TokenStreaming
 from thyme.agent.events import CodeCall, Error, Event, ModelText, Observation, Resample
@@ -57,7 +59,21 @@ from thyme.protocol import STOP_STRINGS
 from thyme.sandbox.client import SandboxClient, ServiceError
 from thyme.serve.batching import DEFAULT_MAX_BATCH, SharedGeneration
 from thyme.serve.generation import ROLE_DELTA, GenerationServer, LiveText
-from thyme.serve.openai_api import ApiError, ChatRequest, Completion
+from thyme.serve.openai_api import ApiError, ChatCompletionRequest, ChatRequest, Completion
+
+
+class ThymeOptions(BaseModel):
+    """The request's `thyme` object: tools on or off, and the most steps this run may take."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    tools: bool = True
+    max_steps: int | None = Field(None, ge=1)
+
+
+class AgentChatRequest(ChatCompletionRequest):
+    """A chat completion request plus the optional `thyme` object."""
+
+    thyme: ThymeOptions | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,28 +126,25 @@ class AgentServer(GenerationServer):
         """The agent requests run on: `agent` itself, or (sharing generation) `agent.sharing(queue)`."""
         return self.agent if self._runner is None else self._runner
 
-    def parse(self, payload: dict[str, Any]) -> AgentRequest:
-        options = payload.pop("thyme", None) or {}
-        if not isinstance(options, dict) or set(options) - {"tools", "max_steps"}:
-            raise ApiError(
-                400, 'thyme must be an object with "tools" (bool) and "max_steps" (int)', param="thyme"
-            )
-        sampling_given = "temperature" in payload
-        request = super().parse(payload)
+    request_model = AgentChatRequest
+
+    def parse(self, body: AgentChatRequest) -> AgentRequest:  # type: ignore[override]
+        options = body.thyme or ThymeOptions()
+        given = body.model_fields_set
+        request = super().parse(body)
         config = self.agent.config
-        sampling = request.params if sampling_given else config.sampling
-        if "max_tokens" in payload or "max_completion_tokens" in payload:
+        sampling = request.params if "temperature" in given else config.sampling
+        if given & {"max_tokens", "max_completion_tokens"}:
             sampling = dataclasses.replace(sampling, max_new_tokens=request.params.max_new_tokens)
         else:
             sampling = dataclasses.replace(sampling, max_new_tokens=config.sampling.max_new_tokens)
+        max_steps = config.max_steps if options.max_steps is None else options.max_steps
         try:
-            run_config = dataclasses.replace(
-                config, sampling=sampling, max_steps=int(options.get("max_steps", config.max_steps))
-            )
+            run_config = dataclasses.replace(config, sampling=sampling, max_steps=max_steps)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"thyme.max_steps: {exc}", param="thyme") from None
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
-        return AgentRequest(**fields, config=run_config, tools=bool(options.get("tools", True)))
+        return AgentRequest(**fields, config=run_config, tools=options.tools)
 
     def complete(self, request: AgentRequest, on_text=None, head: dict | None = None) -> AgentCompletion:
         """Run the whole loop and answer with the turn (`on_text` unused: `stream` streams the loop)."""
@@ -336,7 +349,7 @@ def serve_agent(
     sandbox_urls: run the code on these `thyme sandbox serve` hosts (a list, or comma-separated; sessions
                   spread over them, see `thyme.sandbox.client`) instead of a local sandbox pool.
     """
-    from thyme.httpd import check_port, serve_until_signal
+    from thyme.asgi import check_port, serve_until_signal
 
     check_port(port)
     remote = None

@@ -32,31 +32,42 @@ start a requested stop string (held back until it cannot) and partial UTF-8 char
 disconnects mid-stream stops the generation at the next token.
 Limits: one generation at a time (a lock: the model is not thread safe; other endpoints stay responsive),
 request bodies and images are size-capped.
+The HTTP side is a FastAPI app served by uvicorn (`thyme.asgi`), as vLLM serves: the request schema is
+`thyme.serve.openai_api.ChatCompletionRequest` (pydantic; schema errors are OpenAI-shaped 400s), the API is
+described at /docs and /openapi.json (no token needed), and on SIGTERM the server stops accepting, lets the
+requests in flight finish (up to `drain_s`, default 30 s), then exits.
 What the server does not do: TLS (put it behind a proxy when it leaves the host), fetch http(s) image URLs,
 tool calls, or several choices per request.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from thyme.httpd import BodyError, JSONHandler, TrackingHTTPServer, check_port, serve_until_signal
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from thyme.asgi import DEFAULT_DRAIN_S, BodyLimit, UvicornServer, bearer_ok, check_port, serve_until_signal
 from thyme.protocol import cut_at_first_stop
 from thyme.serve.openai_api import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     ApiError,
+    ChatCompletionRequest,
     ChatRequest,
     Completion,
     parse_chat_request,
-    parse_json,
+    validation_message,
 )
 
 log = logging.getLogger(__name__)
@@ -102,43 +113,34 @@ class GenerationServer:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         keepalive_s: float = 75.0,
+        drain_s: float = DEFAULT_DRAIN_S,
     ) -> None:
         self.backend = backend
         self.token = token
         self.model_name = model_name or backend.model_id
         self.max_request_bytes = max_request_bytes
         self.max_image_bytes = max_image_bytes
-        self.keepalive_s = keepalive_s
         self.context_length: int | None = getattr(backend, "context_length", None)
         self._lock = threading.Lock()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._httpd = _HTTPServer((host, port), _Handler)
-        self._httpd.app = self
+        self.app = self._build_app()
+        limited = BodyLimit(self.app, max_request_bytes, lambda message: ApiError(413, message).body)
+        self._http = UvicornServer(
+            limited, host, port, keepalive_s=keepalive_s, drain_s=drain_s, name="thyme-generation-http"
+        )
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._http.url
 
     def start(self) -> GenerationServer:
-        """Serve in a background thread and return at once."""
-        self._thread = threading.Thread(target=self.serve_forever, name="thyme-generation-http", daemon=True)
-        self._thread.start()
+        """Serve in a background thread; returns once the server accepts connections."""
+        self._http.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until `close()` is called from another one."""
-        self._httpd.serve_forever(poll_interval=0.2)
-
     def close(self) -> None:
-        """Stop listening and drop open connections; idempotent. The backend stays open."""
-        if self._closed:
-            return
-        self._closed = True
-        self._httpd.shutdown_listener()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        """Stop accepting, let the requests in flight finish (up to `drain_s`), stop; idempotent. The
+        backend stays open."""
+        self._http.close()
 
     def __enter__(self) -> GenerationServer:
         return self
@@ -146,15 +148,137 @@ class GenerationServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the HTTP app ---------------------------------------------------------------------------------------
+    request_model: type[ChatCompletionRequest] = ChatCompletionRequest  # the body schema (and /docs)
+
+    def _build_app(self) -> FastAPI:
+        """The FastAPI app: /health, /v1/models, /v1/chat/completions, /docs; errors OpenAI-shaped."""
+        app = FastAPI(
+            title=f"thyme: {self.model_name}",
+            summary="OpenAI-compatible chat completions (see the thyme-vl README)",
+            version="1",
+        )
+        routes = {"/health": "GET", "/v1/models": "GET", "/v1/chat/completions": "POST"}
+
+        def authorized(request: Request) -> None:
+            if not bearer_ok(request.headers.get("authorization"), self.token):
+                raise ApiError(
+                    401,
+                    "missing or wrong API key; send 'Authorization: Bearer <token>'",
+                    type_="authentication_error",
+                    code="invalid_api_key",
+                )
+
+        @app.get("/health")
+        def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        def models(request: Request) -> dict[str, Any]:
+            authorized(request)
+            return self.models()
+
+        async def chat(request: Request, body: ChatCompletionRequest) -> Response:
+            authorized(request)
+            parsed = await run_in_threadpool(self.parse, body)
+            if parsed.stream:
+                return await self._event_stream(parsed)
+            return JSONResponse(await run_in_threadpool(lambda: self.response(self.complete(parsed))))
+
+        chat.__annotations__ = {"request": Request, "body": self.request_model, "return": Response}
+        app.post("/v1/chat/completions", response_model=None)(chat)
+
+        @app.exception_handler(ApiError)
+        def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+            headers = {"WWW-Authenticate": 'Bearer realm="thyme"'} if exc.status == 401 else None
+            return JSONResponse(exc.body, status_code=exc.status, headers=headers)
+
+        @app.exception_handler(RequestValidationError)
+        def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+            message, param = validation_message(exc.errors())
+            return JSONResponse(ApiError(400, message, param=param).body, status_code=400)
+
+        @app.exception_handler(StarletteHTTPException)
+        def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+            path = request.url.path
+            if exc.status_code == 404:
+                message = f"no endpoint {path}; see /v1/models and /v1/chat/completions"
+            elif exc.status_code == 405:
+                message = f"{request.method} is not supported on {path}; use {routes.get(path, 'another')}"
+            else:
+                message = str(exc.detail)
+            return JSONResponse(ApiError(exc.status_code, message).body, status_code=exc.status_code)
+
+        @app.exception_handler(Exception)
+        def crashed(request: Request, exc: Exception) -> JSONResponse:
+            log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+            message = f"internal server error ({type(exc).__name__}); see the server log"
+            return JSONResponse(ApiError(500, message, type_="server_error").body, status_code=500)
+
+        return app
+
+    async def _event_stream(self, request: ChatRequest) -> Response:
+        """Server-sent events as `stream` produces chunks (in a worker thread). The response starts with
+        the first chunk: an error raised before is still a plain JSON error; one raised after is an OpenAI
+        error event (which OpenAI clients raise), then `[DONE]`. A client that goes away makes `emit`
+        return False, which ends the work."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        gone = threading.Event()
+
+        def put(item: tuple[str, Any]) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the server was stopped without draining: its loop is gone
+                gone.set()
+            return not gone.is_set()
+
+        def emit(chunk: dict[str, Any]) -> bool:
+            return not gone.is_set() and put(("chunk", chunk))
+
+        def work() -> None:
+            try:
+                self.stream(request, emit)
+                item: tuple[str, Any] = ("end", None)
+            except BaseException as exc:
+                item = ("error", exc)
+            put(item)
+
+        threading.Thread(target=work, name="thyme-stream", daemon=True).start()
+        first = await queue.get()
+        if first[0] == "error":
+            gone.set()
+            raise first[1]
+
+        async def events() -> AsyncIterator[bytes]:
+            kind, value = first
+            try:
+                while True:
+                    if kind == "chunk":
+                        yield _event(value)
+                    elif kind == "error":
+                        yield _event(_error_body(value))
+                        break
+                    else:
+                        break
+                    kind, value = await queue.get()
+                yield b"data: [DONE]\n\n"
+            finally:
+                gone.set()  # done, or the client left (the generator is closed)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
     def models(self) -> dict[str, Any]:
         entry = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "thyme"}
         if self.context_length is not None:
             entry["max_model_len"] = self.context_length
         return {"object": "list", "data": [entry]}
 
-    def parse(self, payload: dict[str, Any]) -> ChatRequest:
+    def parse(self, body: ChatCompletionRequest) -> ChatRequest:
         return parse_chat_request(
-            payload,
+            body,
             model_name=self.model_name,
             default_max_tokens=self.context_length or 2048,
             max_image_bytes=self.max_image_bytes,
@@ -354,115 +478,10 @@ def _event(chunk: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
 
 
-class _HTTPServer(TrackingHTTPServer):
-    app: GenerationServer
-
-
-class _Handler(JSONHandler):
-    realm = "thyme-generation"
-    """Parses, authenticates and routes one request; `GenerationServer` does the work."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "thyme-generation/1"
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def setup(self) -> None:
-        self.timeout = self.server.app.keepalive_s
-        super().setup()
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        app = self.server.app
-        path = self.path.split("?", 1)[0].rstrip("/")
-        routes = {"/health": "GET", "/v1/models": "GET", "/v1/chat/completions": "POST"}
-        try:
-            body = self.read_body(app.max_request_bytes)
-            if path not in routes:
-                raise ApiError(404, f"no endpoint {path}; see /v1/models and /v1/chat/completions", code=None)
-            if routes[path] != method:
-                raise ApiError(405, f"{method} is not supported on {path}; use {routes[path]}")
-            if path == "/health":
-                self.send_json(200, {"status": "ok"})
-                return
-            if not self.bearer_ok(app.token):
-                raise ApiError(
-                    401,
-                    "missing or wrong API key; send 'Authorization: Bearer <token>'",
-                    type_="authentication_error",
-                    code="invalid_api_key",
-                )
-            if path == "/v1/models":
-                self.send_json(200, app.models())
-                return
-            request = app.parse(parse_json(body))
-            if request.stream:
-                self._stream(app, request)
-            else:
-                self.send_json(200, app.response(app.complete(request)))
-        except ApiError as exc:
-            self.send_json(exc.status, exc.body)
-        except BodyError as exc:
-            self.send_json(exc.status, ApiError(exc.status, exc.message).body)
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True  # the client went away; nothing to answer
-        except Exception as exc:
-            log.exception("request %s %s failed", method, path)
-            message = f"internal server error ({type(exc).__name__}); see the server log"
-            self.send_json(500, ApiError(500, message, type_="server_error").body)
-
-    def _stream(self, app: GenerationServer, request: ChatRequest) -> None:
-        """Server-sent events as the app produces chunks, in HTTP/1.1 chunked encoding (the connection stays
-        reusable unless the client asked to close it). The response starts with the app's first chunk: an
-        error raised before is still a plain JSON error; one raised after is an OpenAI error event (which
-        OpenAI clients raise), then `[DONE]`."""
-        started = gone = False
-
-        def send(chunk: dict[str, Any] | None) -> bool:
-            nonlocal started, gone
-            if gone:
-                return False
-            try:
-                if not started:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Cache-Control", "no-cache")
-                    self.send_header("Transfer-Encoding", "chunked")
-                    if self.close_connection:  # the client sent `Connection: close`
-                        self.send_header("Connection", "close")
-                    self.end_headers()
-                    started = True
-                data = b"data: [DONE]\n\n" if chunk is None else _event(chunk)
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-                return True
-            except OSError:  # the client went away: stop working for it
-                gone = self.close_connection = True
-                return False
-
-        try:
-            app.stream(request, send)
-        except ApiError as exc:
-            if not started:
-                raise
-            send(exc.body)
-        except Exception as exc:
-            if not started:
-                raise
-            log.exception("streaming %s failed", self.path)
-            message = f"internal server error ({type(exc).__name__}); see the server log"
-            send(ApiError(500, message, type_="server_error").body)
-        if started and send(None):
-            with contextlib.suppress(OSError):
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors found by `http.server` itself (bad request line, huge headers) as JSON too."""
-        self.close_connection = True
-        self.send_json(code, ApiError(code, message or "bad request").body)
+def _error_body(exc: BaseException) -> dict[str, Any]:
+    """An exception raised mid-stream as the OpenAI error object sent in the stream."""
+    if isinstance(exc, ApiError):
+        return exc.body
+    log.error("streaming failed", exc_info=exc)
+    message = f"internal server error ({type(exc).__name__}); see the server log"
+    return ApiError(500, message, type_="server_error").body

@@ -1,9 +1,10 @@
 """The OpenAI chat-completions request format, validated: what the thyme servers accept and answer.
 
-`parse_chat_request` turns a request body into a `ChatRequest` (chat-template messages with image items,
-decoded images, sampling parameters, stops, vLLM's continuation flags) or refuses it with an `ApiError`
-whose body is OpenAI-shaped. `Completion` is what a server produced, before it becomes JSON or stream
-chunks. Shared by the generation server (`thyme serve --raw`) and the loop server (`thyme serve`).
+`ChatCompletionRequest` is the body's schema (pydantic; the servers' FastAPI apps validate with it and show
+it at /docs), and `parse_chat_request` turns a validated body into a `ChatRequest` (chat-template messages
+with image items, decoded images, sampling parameters, stops, vLLM's continuation flags) or refuses it with
+an `ApiError` whose body is OpenAI-shaped. `Completion` is what a server produced, before it becomes JSON
+or stream chunks. Shared by the generation server (`thyme serve --raw`) and the loop server (`thyme serve`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
-import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from thyme.agent.config import SamplingParams
 from thyme.agent.loop import InputError, check_image_shape
@@ -26,7 +27,6 @@ DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_IMAGE_BYTES = 20 << 20
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_STOPS = 16
-_ROLES = ("system", "user", "assistant")
 
 
 class ApiError(Exception):
@@ -86,17 +86,95 @@ class Completion:
         }
 
 
+# -- the request schema (pydantic: FastAPI validates bodies with it and documents it at /docs) --------------
+class _Open(BaseModel):
+    """Fields OpenAI clients send that thyme does not use (`user`, `frequency_penalty`...) are accepted."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+Number = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ImageURL(_Open):
+    url: str
+    detail: str | None = None
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Open):
+    type: Literal["image_url"]
+    image_url: ImageURL | str = Field(description="a data:image/...;base64, URL (images are never fetched)")
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """An OpenAI chat completion request, with vLLM's continuation flags (`add_generation_prompt`,
+    `continue_final_message`, `include_stop_str_in_output`) and `top_k` / `repetition_penalty`."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: int | None = None
+    repetition_penalty: Number | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    tools: list[Any] | None = None
+    logit_bias: dict[str, Number] | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    include_stop_str_in_output: bool | None = None
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """(one sentence, the top-level field) for pydantic's errors about a request body."""
+    first = errors[0]
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "parse error")
+        return f"the request body is not valid JSON ({reason})", None
+    if not loc:
+        if first.get("type") == "missing":
+            return "the request body is empty; send a JSON object", None
+        return "the request body must be a JSON object", None
+    where = str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}", str(loc[0])
+
+
 # -- request parsing ---------------------------------------------------------------------------------------
 def parse_chat_request(
-    payload: dict[str, Any],
+    body: ChatCompletionRequest,
     *,
     model_name: str,
     default_max_tokens: int,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ChatRequest:
-    """Validate an OpenAI chat completion body; `ApiError` (400/404) says what is wrong and how to fix it."""
-    model = payload.get("model", model_name)
+    """What the schema cannot say about a validated body (the served model, n, the continuation flags,
+    the images); `ApiError` (400/404) says what is wrong and how to fix it."""
+    model = body.model if body.model is not None else model_name
     if model != model_name:
         raise ApiError(
             404,
@@ -104,15 +182,12 @@ def parse_chat_request(
             code="model_not_found",
             param="model",
         )
-    if payload.get("n") not in (None, 1):
+    if body.n not in (None, 1):
         raise ApiError(400, "only n=1 is supported; send one request per sample", param="n")
-    if payload.get("tools"):
+    if body.tools:
         raise ApiError(400, "tool calls are not supported by this server", param="tools")
-    logit_bias = payload.get("logit_bias")
-    if logit_bias is not None and not isinstance(logit_bias, dict):
-        raise ApiError(400, "logit_bias must be an object mapping token ids to biases", param="logit_bias")
-    continue_final = _flag(payload, "continue_final_message", False)
-    add_prompt = _flag(payload, "add_generation_prompt", not continue_final)
+    continue_final = bool(body.continue_final_message)
+    add_prompt = (not continue_final) if body.add_generation_prompt is None else body.add_generation_prompt
     if continue_final and add_prompt:
         raise ApiError(
             400,
@@ -120,107 +195,65 @@ def parse_chat_request(
             "continuing the last assistant message needs add_generation_prompt=false",
         )
     images: list[Image.Image] = []
-    messages = _parse_messages(payload.get("messages"), images, max_image_bytes, max_image_pixels)
+    messages = [
+        _message(m, i, images, max_image_bytes, max_image_pixels) for i, m in enumerate(body.messages)
+    ]
     if continue_final and messages[-1]["role"] != "assistant":
         raise ApiError(
             400, "continue_final_message needs an assistant message last", param="continue_final_message"
         )
-    stream_options = payload.get("stream_options") or {}
     return ChatRequest(
         messages=messages,
         images=images,
-        params=_sampling(payload, default_max_tokens),
-        stops=_stops(payload.get("stop")),
-        stream=_flag(payload, "stream", False),
-        include_usage=isinstance(stream_options, dict) and bool(stream_options.get("include_usage")),
+        params=_sampling(body, default_max_tokens),
+        stops=_stops(body.stop),
+        stream=bool(body.stream),
+        include_usage=body.stream_options is not None and bool(body.stream_options.include_usage),
         add_generation_prompt=add_prompt,
         continue_final_message=continue_final,
-        include_stop=_flag(payload, "include_stop_str_in_output", False),
+        include_stop=bool(body.include_stop_str_in_output),
     )
 
 
-def _flag(payload: dict[str, Any], name: str, default: bool) -> bool:
-    value = payload.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
-    return value
-
-
-def _number(payload: dict[str, Any], name: str, default: float | None, kind: type = float) -> Any:
-    value = payload.get(name)
-    if value is None:
-        return default
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not number or (kind is int and value != int(value)):
-        raise ApiError(400, f"{name} must be {'an integer' if kind is int else 'a number'}", param=name)
-    return kind(value)
-
-
-def _sampling(payload: dict[str, Any], default_max_tokens: int) -> SamplingParams:
-    max_tokens = _number(payload, "max_completion_tokens", None, int)
-    if max_tokens is None:
-        max_tokens = _number(payload, "max_tokens", default_max_tokens, int)
-    top_k = _number(payload, "top_k", 0, int)
+def _sampling(body: ChatCompletionRequest, default_max_tokens: int) -> SamplingParams:
+    max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
     try:
         return SamplingParams(
-            temperature=_number(payload, "temperature", 1.0),
-            top_p=_number(payload, "top_p", 1.0),
-            top_k=max(top_k, 0),  # vLLM spells "off" as -1
-            repetition_penalty=_number(payload, "repetition_penalty", 1.0),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=max(body.top_k or 0, 0),  # vLLM spells "off" as -1
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             max_new_tokens=max_tokens,
-            seed=_number(payload, "seed", None, int),
+            seed=body.seed,
         )
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
 
 
-def _stops(stop: Any) -> tuple[str, ...]:
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else (stop or [])
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+    if not all(stops):
         raise ApiError(400, "stop must be a non-empty string or a list of them", param="stop")
     if len(stops) > MAX_STOPS:
         raise ApiError(400, f"at most {MAX_STOPS} stop strings are supported", param="stop")
     return tuple(stops)
 
 
-def _parse_messages(raw: Any, images: list[Image.Image], max_bytes: int, max_pixels: int) -> list[dict]:
-    if not isinstance(raw, list) or not raw:
-        raise ApiError(400, "messages must be a non-empty list", param="messages")
-    messages = []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise ApiError(
-                400, f"messages[{i}] must be an object with role one of {_ROLES}", param="messages"
-            )
-        content = message.get("content")
-        if content is None or isinstance(content, str):
-            parts = [{"type": "text", "text": content or ""}]
-        elif isinstance(content, list):
-            parts = [_parse_part(part, f"messages[{i}]", images, max_bytes, max_pixels) for part in content]
-        else:
-            raise ApiError(
-                400, f"messages[{i}].content must be a string or a list of parts", param="messages"
-            )
-        messages.append({"role": message["role"], "content": parts})
-    return messages
+def _message(message: ChatMessage, i: int, images: list[Image.Image], max_bytes: int, max_pixels: int):
+    content = message.content
+    if content is None or isinstance(content, str):
+        parts = [{"type": "text", "text": content or ""}]
+    else:
+        parts = [_part(part, f"messages[{i}]", images, max_bytes, max_pixels) for part in content]
+    return {"role": message.role, "content": parts}
 
 
-def _parse_part(part: Any, where: str, images: list[Image.Image], max_bytes: int, max_pixels: int) -> dict:
-    kind = part.get("type") if isinstance(part, dict) else None
-    if kind == "text" and isinstance(part.get("text"), str):
-        return {"type": "text", "text": part["text"]}
-    if kind == "image_url":
-        url = part.get("image_url")
-        url = url.get("url") if isinstance(url, dict) else url
-        if not isinstance(url, str):
-            raise ApiError(400, f"{where}: image_url needs a url", param="messages")
-        images.append(decode_data_url(url, f"uploaded image {len(images) + 1}", max_bytes, max_pixels))
-        return {"type": "image"}
-    raise ApiError(
-        400, f"{where}: unsupported content part {kind!r}; use 'text' or 'image_url'", param="messages"
-    )
+def _part(part: TextPart | ImagePart, where: str, images: list[Image.Image], max_bytes: int, max_pixels: int):
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+    images.append(decode_data_url(url, f"uploaded image {len(images) + 1}", max_bytes, max_pixels))
+    return {"type": "image"}
 
 
 def decode_data_url(url: str, name: str, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -257,13 +290,3 @@ def decode_data_url(url: str, name: str, max_bytes: int, max_pixels: int) -> Ima
         raise ApiError(
             400, f"{name} is not a readable image ({image_error(exc)}); send a PNG or JPEG"
         ) from None
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return payload
