@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP backend: vLLM and SGLang servers, `thyme.serve.generation`, hosted APIs.
 
-Standard library only (`http.client`, one keep-alive connection per thread), so a client box needs neither
-torch nor an HTTP package:
+HTTP through httpx (one keep-alive pool per backend, shared by the threads of a batch); a client box needs no
+torch:
 
     backend = OpenAIBackend.from_pretrained("Kwai-Keye/Thyme-RL", base_url="http://gpu-box:8000/v1")
     agent = Agent(backend)          # or Agent.from_pretrained(name, backend="openai", base_url=...)
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import http.client
 import json
 import logging
 import random
@@ -42,6 +41,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
+
+import httpx
 
 from thyme.agent.ats import plan_leg
 from thyme.agent.backends.base import (
@@ -287,9 +288,8 @@ class OpenAIBackend:
                     if payload.get("stream"):
                         return self._read_stream(response, guard_prefix, threshold)
                     return self._read_json(response)
-                except BaseException:
-                    self._transport.drop()  # a half-read reply would poison the next request
-                    raise
+                finally:
+                    response.close()  # a reply not read to the end drops its connection
             except HTTPError as exc:
                 if not exc.retriable or attempt + 1 == attempts:
                     raise
@@ -297,11 +297,10 @@ class OpenAIBackend:
                 log.warning(
                     "%s answered HTTP %d; retry %d in %.1f s", self.url, exc.status, attempt + 1, delay
                 )
-            except (OSError, http.client.HTTPException) as exc:
-                self._transport.drop()
+            except httpx.TransportError as exc:
                 if attempt + 1 == attempts:
                     reason = str(exc) or type(exc).__name__
-                    if isinstance(exc, TimeoutError):
+                    if isinstance(exc, httpx.TimeoutException):
                         reason = f"timed out after {self._transport.timeout_s:g} s"
                     raise EndpointError(
                         f"cannot reach {self.url} after {attempts} attempt(s): {reason}; check --base-url "
@@ -319,9 +318,8 @@ class OpenAIBackend:
                 delay = max(delay, min(float(retry_after), _MAX_BACKOFF_S))
         return delay
 
-    def _read_json(self, response: http.client.HTTPResponse) -> Reply:
+    def _read_json(self, response: httpx.Response) -> Reply:
         data = response.read()
-        self._transport.done(response)
         try:
             reply = json.loads(data)
             choice = reply["choices"][0]
@@ -343,14 +341,14 @@ class OpenAIBackend:
         out = Reply("", None)
         pieces: list[str] = []
         finished = False
-        for raw in response:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line.startswith("data:"):
-                continue
+        for raw in response.iter_lines():
+            line = raw.strip()
+            if finished or not line.startswith("data:"):
+                continue  # read on after [DONE] to the body's end, so the connection can be reused
             data = line[5:].strip()
             if data == "[DONE]":
                 finished = True
-                break
+                continue
             try:
                 chunk = json.loads(data)
             except ValueError:
@@ -365,7 +363,7 @@ class OpenAIBackend:
                 if delta:
                     pieces.append(delta)
                     if detector is not None and detector.feed_text(delta):
-                        self._transport.drop()  # the server sees the disconnect and stops generating
+                        response.close()  # the server sees the disconnect and stops generating
                         out.content, out.repeated = "".join(pieces), True
                         out.completion_tokens = len(pieces)  # one delta per token on vLLM-like servers
                         return out
@@ -373,10 +371,8 @@ class OpenAIBackend:
                     out.finish = choice["finish_reason"]
                     _read_stop(out, choice)
             _read_usage(out, chunk.get("usage"))
-        if not finished:
-            raise http.client.IncompleteRead(b"", None)  # the stream ended early: retried like a reset
-        response.read()  # the chunked body's terminator, so the connection can be reused
-        self._transport.done(response)
+        if not finished:  # the stream ended early: retried like a reset
+            raise httpx.RemoteProtocolError("the stream ended before its [DONE] event")
         out.content = "".join(pieces)
         return out
 
@@ -401,11 +397,12 @@ class OpenAIBackend:
         """The model names `GET {base_url}/models` lists (raises `EndpointError` when it cannot)."""
         try:
             response = self._transport.request("GET", "/models")
-            data = json.loads(response.read())
-            self._transport.done(response)
+            try:
+                data = json.loads(response.read())
+            finally:
+                response.close()
             return [str(m["id"]) for m in data["data"]]
-        except (HTTPError, OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
-            self._transport.drop()
+        except (HTTPError, httpx.TransportError, ValueError, KeyError, TypeError) as exc:
             raise EndpointError(
                 f"cannot list the models at {self._transport.base_url}/models ({exc})"
             ) from None

@@ -1,5 +1,5 @@
 """The OpenAI wire format for `OpenAIBackend`: chat messages from a `Conversation`, and a keep-alive
-HTTP transport (standard library only) whose errors keep the status, the message and the server's code.
+HTTP transport (httpx) whose errors keep the status, the message and the server's code.
 
 Split from `openai.py` so that the backend module reads as the step logic (legs, retries, streaming guard).
 """
@@ -9,16 +9,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import http.client
 import itertools
 import json
 import os
-import threading
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from thyme.agent.backends.base import BackendError
@@ -116,77 +115,43 @@ def error_details(body: bytes) -> tuple[str, Any]:
 
 
 class Transport:
-    """POSTs JSON to one base URL over one keep-alive connection per thread."""
+    """JSON requests to one base URL through one `httpx.Client`: a keep-alive connection pool that the
+    threads of a batch share (a connection per request in flight, reused afterwards)."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url {base_url!r} is not an http(s) URL; e.g. http://localhost:8000/v1")
         self.base_url = base_url.rstrip("/")
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._prefix = parts.path.rstrip("/")
-        self._headers = {"Content-Type": "application/json", "User-Agent": "thyme-vl"}
+        headers = {"User-Agent": "thyme-vl"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {api_key}"
         self.timeout_s = timeout_s
-        self._local = threading.local()
-        self._open: set[http.client.HTTPConnection] = set()
-        self._lock = threading.Lock()
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.timeout_s)
-        self._local.conn = conn
-        with self._lock:
-            self._open.add(conn)
-        return conn, False
-
-    def drop(self) -> None:
-        """Close this thread's connection (after an error, or to stop a stream the server is sending)."""
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
-            with self._lock:
-                self._open.discard(conn)
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            trust_env=False,  # a proxy from the environment must not see the API key or the images
+        )
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._open = list(self._open), set()
-        for conn in conns:
-            conn.close()
+        self._client.close()
 
-    def request(self, method: str, path: str, payload: Any = None) -> http.client.HTTPResponse:
-        """The response of a 2xx reply (read it, then `done`); `HTTPError` for others; OSError and
-        `http.client.HTTPException` when the transport fails."""
-        body = json.dumps(payload).encode() if payload is not None else None
-        for attempt in range(2):
-            conn, reused = self._connection()
+    def request(self, method: str, path: str, payload: Any = None) -> httpx.Response:
+        """The response of a 2xx reply, its body not read yet (read it or iterate it, then `close()` it;
+        closing a response that was not read to the end drops its connection, which a streaming server
+        sees as the client leaving). `HTTPError` for other statuses; `httpx.TransportError` when the
+        transport fails."""
+        request = self._client.build_request(method, self.base_url + path, json=payload)
+        response = self._client.send(request, stream=True)
+        if response.status_code >= 300:
             try:
-                conn.request(method, self._prefix + path, body, self._headers)
-                response = conn.getresponse()
-                break
-            except ConnectionError:
-                self.drop()
-                if not reused or attempt:  # a reused keep-alive the server had closed gets one fresh try
-                    raise
-            except BaseException:
-                self.drop()
-                raise
-        if response.status >= 300:
-            data = response.read()
-            self.done(response)
+                data = response.read()
+            finally:
+                response.close()
             message, code = error_details(data)
-            raise HTTPError(response.status, message, code, response.getheader("Retry-After"))
+            raise HTTPError(response.status_code, message, code, response.headers.get("Retry-After"))
         return response
-
-    def done(self, response: http.client.HTTPResponse) -> None:
-        if response.will_close:
-            self.drop()
 
 
 @dataclasses.dataclass
