@@ -677,3 +677,54 @@ def test_colocated_rollouts_refuse_what_they_cannot_follow(random_model_dir):
         ColocatedRollouts(generation, engine.backend.processor, engine.backend.model.config,
                           preset="default", pixel_bounds={}, max_images=11,
                           sampling_params_cls=EngineSamplingParams)  # fmt: skip
+
+
+# -- GRPO's server mode: the OpenAI backend over a `vllm serve` node (here `thyme serve --raw`) -----------
+class ServerGeneration:
+    """TRL's `VLLMGeneration` in server mode as `ServerRollouts` uses it: where the server is, and
+    `sync_weights` (recorded; TRL broadcasts the weights to the server over NCCL there)."""
+
+    mode = "server"
+    server_host, server_port = "0.0.0.0", 8000
+
+    def __init__(self, base_url: str) -> None:
+        self.server_base_url = base_url
+        self.log: list[str] = []
+
+    def sync_weights(self) -> None:
+        self.log.append("sync")
+
+
+def test_grpo_rollouts_on_a_vllm_server(scripted_backend, agent_sandbox, noise_png):
+    """Server mode: weights synced once per optimizer step, the rollouts sent over HTTP as continuations
+    of the assistant turn, the same trajectories as the local backend gives."""
+    from thyme.serve.generation import GenerationServer
+    from thyme.train.vllm_rollouts import ServerRollouts
+
+    config = AgentConfig(sampling=SamplingParams(max_new_tokens=160))
+    tasks = [("What is six times seven?", noise_png), ("Zoom in on the corner.", noise_png)]
+    local = Agent(scripted_backend, config=config, sandbox=agent_sandbox).run_batch(tasks)
+    with GenerationServer(scripted_backend, "127.0.0.1", 0, model_name="policy") as server:
+        server.start()
+        generation = ServerGeneration(server.url)
+        rollouts = ServerRollouts(generation, preset="default", timeout_s=60)
+        assert rollouts.backend.model_id == "policy" and rollouts.backend.continuation == "always"
+        trainer = types.SimpleNamespace(state=types.SimpleNamespace(global_step=0), _last_loaded_step=-1)
+        texts = []
+        for step in (0, 0, 1):
+            trainer.state.global_step = step
+            with rollouts.ready(trainer) as backend:
+                agent = Agent(backend, config=config, sandbox=agent_sandbox)
+                texts.append([t.text for t in agent.run_batch(tasks)])
+        rollouts.close()
+    assert generation.log == ["sync", "sync"] and trainer._last_loaded_step == 1
+    assert texts == [[t.text for t in local]] * 3
+
+
+def test_server_rollouts_refuse_other_modes_and_a_server_without_models():
+    from thyme.train.vllm_rollouts import ServerRollouts
+
+    with pytest.raises(ValueError, match="server mode"):
+        ServerRollouts(types.SimpleNamespace(mode="colocate"), preset="default")
+    with pytest.raises(BackendError, match="cannot list the models"):
+        ServerRollouts(ServerGeneration("http://127.0.0.1:9"), preset="default", timeout_s=2)

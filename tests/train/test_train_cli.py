@@ -184,7 +184,11 @@ def test_train_grpo_runs_from_the_shell(scripted_model, images, tmp_path):
     ("overrides", "message"),
     [
         (["device=cpu"], "use_vllm: true needs a CUDA GPU"),
-        (["device=auto", "vllm_mode=server"], "vllm_mode: server is not supported yet"),
+        (["device=auto", "vllm_mode=server"], "vllm_mode: server needs vllm_server_base_url"),
+        (
+            ["device=auto", "vllm_mode=server", "vllm_server_base_url=http://gpu-node:8000"],
+            "vLLM is not installed" if importlib.util.find_spec("vllm") is None else None,
+        ),
         (["device=auto"], "vLLM is not installed" if importlib.util.find_spec("vllm") is None else None),
     ],
 )
@@ -212,6 +216,16 @@ def test_trl_runs_colocated_vllm_without_importance_sampling_correction():
     assert (args.use_vllm, args.vllm_mode, args.vllm_tensor_parallel_size) == (True, "colocate", 1)
     assert args.vllm_importance_sampling_correction is False and args.vllm_enable_sleep_mode is True
     assert (args.vllm_max_model_length, args.vllm_gpu_memory_utilization) == (8192, 0.3)
+    server = GRPOConfig(model="m", output_dir=Path("out"), data=[{"path": "x"}], use_vllm=True,
+                        vllm_mode="server", vllm_server_base_url="http://gpu-node:8000",
+                        vllm_group_port=51300, grad_accum=4, report_to=("none",))  # fmt: skip
+    args = trl_grpo_arguments(server)
+    assert (args.vllm_mode, args.vllm_server_base_url, args.vllm_group_port) == (
+        "server",
+        "http://gpu-node:8000",
+        51300,
+    )
+    assert args.vllm_server_timeout == 240.0 and args.vllm_importance_sampling_correction is False
 
 
 @pytest.mark.slow

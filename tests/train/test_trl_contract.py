@@ -85,6 +85,10 @@ def test_colocated_vllm_seams():
     source = inspect.getsource(VLLMGeneration)
     for attribute in ("self.llm = LLM(", "self.enable_sleep_mode", "self._llm_weights_sleeping", "self.mode"):
         assert attribute in source, attribute
+    # server mode (ServerRollouts): where the server is, and that sync_weights pushes to it
+    for attribute in ("self.server_base_url", "self.server_host", "self.server_port"):
+        assert attribute in source, attribute
+    assert "self.vllm_client.update_named_params(" in inspect.getsource(VLLMGeneration.sync_weights)
     assert 'self.llm.wake_up(tags=["weights"])' in inspect.getsource(VLLMGeneration.sync_weights)
     trainer_init = inspect.getsource(GRPOTrainer.__init__)
     assert "self.vllm_generation = VLLMGeneration(" in trainer_init

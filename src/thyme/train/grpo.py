@@ -12,8 +12,9 @@ One rollout batch, as the override runs it:
    transformers backend over the unwrapped training model (`trl.models.unwrap_model_for_generation`): text at
    `temperature`, code greedy (ATS, one `generate()` call with a per-row logits processor), the repetition
    guard on, the code run in a shared sandbox, one session per rollout, its output fed back inside the turn.
-   With `use_vllm` the same loop runs on the vLLM backend over TRL's colocated engine, the policy's weights
-   pushed in by TRL before each step's rollouts (`thyme.train.vllm_rollouts`).
+   With `use_vllm` the same loop runs on the vLLM backend over TRL's colocated engine, or on the OpenAI
+   backend over a `vllm serve` node (`vllm_mode: server`), the policy's weights pushed in by TRL before each
+   step's rollouts (`thyme.train.vllm_rollouts`).
 2. Each trajectory is encoded by the generation encoder (`thyme.train.rollout`): exact generated ids, the
    sandbox's tokens and images inside the completion with `tool_mask = 0`, `mm_token_type_ids` over prompt and
    completion so TRL's forward computes 3-D positions, every image's pixels in sequence order.
@@ -134,7 +135,7 @@ class ThymeGRPOTrainer(GRPOTrainer):
 
         tasks = [Task(row["question"], row["image"]) for row in inputs]
         if self.use_vllm:
-            with self._colocated().ready(self) as backend:
+            with self._vllm().ready(self) as backend:
                 trajectories = self._run_batch(backend, tasks)
         else:
             trajectories = self._transformers_rollouts(tasks)
@@ -178,21 +179,28 @@ class ThymeGRPOTrainer(GRPOTrainer):
             finally:
                 unwrapped.train(was_training)
 
-    def _colocated(self):
-        """The vLLM backend over TRL's colocated engine (made on first use; `thyme.train.vllm_rollouts`)."""
+    def _vllm(self):
+        """The rollouts' vLLM backend, made on first use (`thyme.train.vllm_rollouts`): over TRL's colocated
+        engine, or over the `vllm serve` node TRL syncs (`vllm_mode: server`)."""
         if getattr(self, "_vllm_rollouts", None) is None:
-            from thyme.train.vllm_rollouts import ColocatedRollouts
+            from thyme.train.vllm_rollouts import ColocatedRollouts, ServerRollouts
 
-            self._vllm_rollouts = ColocatedRollouts(
-                self.vllm_generation,
-                self.processing_class,
-                self.accelerator.unwrap_model(self.model).config,
-                preset=self.agent_config.preset or "default",
-                pixel_bounds=self.encoder.pixel_bounds,
-                max_images=self.agent_config.max_images + 1,
-                eos_token_ids=list(self.eos_token_ids),
-                model_id=str(getattr(self.model, "name_or_path", "")),
-            )
+            preset = self.agent_config.preset or "default"
+            if self.vllm_generation.mode == "server":
+                self._vllm_rollouts = ServerRollouts(
+                    self.vllm_generation, preset=preset, timeout_s=self.args.vllm_server_timeout
+                )
+            else:
+                self._vllm_rollouts = ColocatedRollouts(
+                    self.vllm_generation,
+                    self.processing_class,
+                    self.accelerator.unwrap_model(self.model).config,
+                    preset=preset,
+                    pixel_bounds=self.encoder.pixel_bounds,
+                    max_images=self.agent_config.max_images + 1,
+                    eos_token_ids=list(self.eos_token_ids),
+                    model_id=str(getattr(self.model, "name_or_path", "")),
+                )
         return self._vllm_rollouts
 
     def _log_probs(self, out: dict[str, Any], mode: str) -> None:

@@ -85,6 +85,10 @@ class GRPOConfig:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int | None = None
     vllm_enable_sleep_mode: bool = False
+    # vllm_mode: server: the `vllm serve` node TRL pushes the weights to (README, "vLLM rollouts")
+    vllm_server_base_url: str | None = None
+    vllm_server_timeout: float = 240.0
+    vllm_group_port: int = 51216
     logging_steps: int = 1
     save_steps: int = 100
     save_total_limit: int | None = 2
@@ -120,5 +124,14 @@ class GRPOConfig:
             raise ValueError("beta must be >= 0 and epsilon > 0")
         if not 0 <= self.code_call_floor < 1:
             raise ValueError(f"code_call_floor={self.code_call_floor} must be in [0, 1)")
+        if self.use_vllm and self.vllm_mode == "server":
+            url = self.vllm_server_base_url or ""
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    "vllm_mode: server needs vllm_server_base_url, the vLLM server's root URL "
+                    "(e.g. http://gpu-node-9:8000, without /v1)"
+                )
+        if self.vllm_server_timeout <= 0:
+            raise ValueError(f"vllm_server_timeout={self.vllm_server_timeout} must be > 0 seconds")
         if self.epochs <= 0 and self.max_steps < 1:
             raise ValueError("train for epochs > 0 or max_steps >= 1")

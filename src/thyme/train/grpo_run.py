@@ -58,14 +58,11 @@ def check_grpo(config: GRPOConfig) -> str | None:
 
 
 def check_vllm(config: GRPOConfig) -> None:
-    """`use_vllm: true` needs colocated vLLM on a CUDA GPU, installed (ConfigError saying what to change)."""
+    """`use_vllm: true` needs vLLM on a CUDA GPU, installed in the range TRL supports (ConfigError saying
+    what to change). In server mode too: TRL pushes the weights to the server over vLLM's NCCL engine."""
     import importlib.metadata
     import importlib.util
 
-    if config.vllm_mode != "colocate":
-        raise ConfigError(
-            "vllm_mode: server is not supported yet; use vllm_mode: colocate (an engine beside each trainer)"
-        )
     if config.device == "cpu":
         raise ConfigError("use_vllm: true needs a CUDA GPU; on the CPU set use_vllm: false")
     if importlib.util.find_spec("vllm") is None:
@@ -135,10 +132,14 @@ def trl_grpo_arguments(config: GRPOConfig):
         scale_rewards=config.scale_rewards,
         num_iterations=config.num_iterations,
         max_completion_length=config.max_new_tokens * config.max_turns,
-        # vLLM only as the rollouts' engine (thyme.train.vllm_rollouts): colocated, one engine per GPU, and
-        # no importance-sampling correction (no sampling log-probs are used; see thyme.train.grpo).
+        # vLLM only as the rollouts' engine (thyme.train.vllm_rollouts): colocated, one engine per GPU, or a
+        # `vllm serve` node; no importance-sampling correction (no sampling log-probs are used; see
+        # thyme.train.grpo).
         use_vllm=config.use_vllm,
-        vllm_mode="colocate",
+        vllm_mode=config.vllm_mode,
+        vllm_server_base_url=config.vllm_server_base_url,
+        vllm_server_timeout=config.vllm_server_timeout,
+        vllm_group_port=config.vllm_group_port,
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         vllm_max_model_length=config.vllm_max_model_len,
         vllm_tensor_parallel_size=1,

@@ -1,4 +1,5 @@
-"""GRPO rollouts on vLLM colocated with training: TRL's engine and weight sync, the agent loop's backend.
+"""GRPO rollouts on vLLM, colocated with training or on a `vllm serve` node: TRL's engine and weight sync,
+the agent loop's backends.
 
 With `use_vllm: true` (`vllm_mode: colocate`, TRL's `vllm_mode="colocate"`), TRL's `GRPOTrainer` starts one
 `vllm.LLM` per training process (`trainer.vllm_generation.llm`, sharing the GPU at
@@ -14,11 +15,20 @@ rollout batch after a sleep syncs again), for the KV cache before generating, an
 
 Tensor parallelism inside the colocated engine is refused: TRL's colocated TP gathers each group's prompts
 into one engine call, which multi-round rollouts with per-rank sandboxes cannot follow. Each GPU rolls out
-its own prompts (data parallel), as TRL does at `vllm_tensor_parallel_size: 1`. The `server` mode (a
-separate `trl vllm-serve` engine) is not supported yet.
+its own prompts (data parallel), as TRL does at `vllm_tensor_parallel_size: 1`.
+
+With `vllm_mode: server` the engine is a separate `vllm serve` node (TRL 1.16 talks to plain `vllm serve`,
+started with `--weight-transfer-config '{"backend": "nccl"}'`): TRL's `VLLMClient` joins it over NCCL and
+`sync_weights` broadcasts the weights there before each step's rollouts; the rollouts themselves reach it as
+any OpenAI client would, through `thyme.agent.backends.openai.OpenAIBackend` (the assistant turn continued
+with `continue_final_message`, ATS as text and code legs), every training process sending its own prompts
+and the server batching them all. The server sees the images at its own processor settings, so start it
+with `--mm-processor-kwargs` holding the run's `min_pixels`/`max_pixels` and `--limit-mm-per-prompt` above
+the loop's image budget (README, "vLLM rollouts").
 
 Private TRL seams used, pinned in tests/train/test_trl_contract.py: `trainer.vllm_generation` with `llm`,
-`sync_weights()`, `enable_sleep_mode`, `_llm_weights_sleeping`; `trainer._last_loaded_step`.
+`sync_weights()`, `enable_sleep_mode`, `_llm_weights_sleeping`, `mode`, `server_base_url`, `server_host`,
+`server_port`; `trainer._last_loaded_step`.
 """
 
 from __future__ import annotations
@@ -103,10 +113,8 @@ class ColocatedRollouts:
         """The backend, with the engine holding the weights of `trainer.state.global_step` and awake for
         generation; asleep again afterwards when sleep mode is on."""
         generation = self.generation
-        sleeping = bool(getattr(generation, "_llm_weights_sleeping", False))
-        if trainer.state.global_step != trainer._last_loaded_step or sleeping:
-            generation.sync_weights()  # wakes the weights first in sleep mode (TRL)
-            trainer._last_loaded_step = trainer.state.global_step
+        # a level-2 sleep dropped the weights; TRL's sync wakes them first in sleep mode
+        sync_for_step(generation, trainer, force=bool(getattr(generation, "_llm_weights_sleeping", False)))
         if generation.enable_sleep_mode:
             generation.llm.wake_up(tags=["kv_cache"])
         try:
@@ -115,3 +123,52 @@ class ColocatedRollouts:
             if generation.enable_sleep_mode:
                 generation.llm.sleep(level=2)
                 generation._llm_weights_sleeping = True
+
+
+def sync_for_step(generation: Any, trainer: Any, *, force: bool = False) -> None:
+    """TRL's `sync_weights` when the optimizer step changed since the last push (or when `force`d), as
+    TRL's own generation path does; every process calls it (ZeRO-3 gathers the weights collectively)."""
+    if force or trainer.state.global_step != trainer._last_loaded_step:
+        generation.sync_weights()
+        trainer._last_loaded_step = trainer.state.global_step
+
+
+class ServerRollouts:
+    """The OpenAI backend over the `vllm serve` node of TRL's server mode, kept in step with the policy.
+
+    generation: TRL's `VLLMGeneration` (`trainer.vllm_generation`), mode "server".
+    preset: the rollouts' prompt preset. timeout_s: one HTTP exchange's limit (TRL's `vllm_server_timeout`).
+    The served model's name is read from the server's `/v1/models`.
+    """
+
+    def __init__(self, generation: Any, *, preset: str, timeout_s: float = 240.0) -> None:
+        from thyme.agent.backends.openai import OpenAIBackend
+
+        if getattr(generation, "mode", None) != "server":
+            raise ValueError(f"server rollouts need TRL's vLLM server mode, not {generation.mode!r}")
+        root = generation.server_base_url or f"http://{generation.server_host}:{generation.server_port}"
+        self.generation = generation
+        self.base_url = root.rstrip("/") + "/v1"
+        probe = OpenAIBackend("?", base_url=self.base_url, timeout_s=timeout_s, max_retries=2)
+        try:
+            served = probe.served_models()
+        finally:
+            probe.close()
+        if not served:
+            raise RuntimeError(f"the vLLM server at {root} serves no model")
+        self.backend = OpenAIBackend(
+            served[0],
+            base_url=self.base_url,
+            timeout_s=timeout_s,
+            continuation="always",  # vLLM continues the assistant turn; ATS needs it
+            default_preset=preset,
+        )
+
+    @contextlib.contextmanager
+    def ready(self, trainer: Any) -> Iterator[Any]:
+        """The backend, with the server holding the weights of `trainer.state.global_step`."""
+        sync_for_step(self.generation, trainer)
+        yield self.backend
+
+    def close(self) -> None:
+        self.backend.close()
