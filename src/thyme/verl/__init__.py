@@ -8,6 +8,7 @@ Rooms:
                 backend and a `thyme sandbox serve` session); no verl import.
 - `config`:     `VerlLoopConfig`, the loop's options from verl's agent-loop YAML.
 - `agent_loop`: `ThymeAgentLoop`, the verl class (importing it imports verl).
+- `reward`:     `compute_score`, the Thyme reward as a verl custom reward function (no verl import).
 
 verl pins transformers >=5.5.3,<5.11, so it lives in its own environment (README, "Training on verl").
 Nothing here is imported until used: `import thyme.verl` works without verl, torch or transformers.
@@ -24,6 +25,7 @@ _LAZY = {
     "ServerManagerBackend": "thyme.verl.backend",
     "VerlLoopConfig": "thyme.verl.config",
     "ThymeAgentLoop": "thyme.verl.agent_loop",
+    "compute_score": "thyme.verl.reward",
 }
 
 __all__ = sorted(_LAZY)
