@@ -207,6 +207,54 @@ def serve(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def web(
+    model: str = typer.Option(
+        "thyme-tiny",
+        "--model",
+        "-m",
+        help="Checkpoint directory or hub id, or the served model (--base-url).",
+    ),
+    backend: str = typer.Option(None, help="transformers | vllm | openai. Default: openai with --base-url."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (openai backend)."),
+    api_key: str = typer.Option(None, "--api-key", envvar="THYME_API_KEY", help="Bearer key for --base-url."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback unless you mean otherwise)."),
+    port: int = typer.Option(7860, help="TCP port; 0 picks a free one (the URL is printed)."),
+    share: str = typer.Option(
+        "never", help="never | gradio: also a public *.gradio.live link (needs internet; anyone may use it)."
+    ),
+    device: str = typer.Option("auto", help="transformers: auto | cpu | cuda."),
+    max_steps: int = typer.Option(5, "--max-steps", help="Generation rounds per question."),
+    allow_weak_isolation: bool = typer.Option(
+        False, "--allow-weak-isolation", help="Run code even where a sandbox layer is missing."
+    ),
+) -> None:
+    """A web page over the agent loop: upload an image (or draw a toy-world one), ask, and watch the
+    reasoning, the code, the images the sandbox made and the answer arrive; download the trajectory.
+
+    Serves http://HOST:PORT until Ctrl-C or SIGTERM. The model: the bundled thyme-tiny by default, a local
+    checkpoint (--model DIR), or an OpenAI-compatible endpoint (--base-url URL --model NAME).
+    """
+    from thyme.web.command import web_command
+
+    raise typer.Exit(
+        web_command(
+            console=console,
+            err_console=err_console,
+            model=model,
+            backend=backend,
+            base_url=base_url,
+            api_key=api_key,
+            host=host,
+            port=port,
+            share=share,
+            device=device,
+            max_steps=max_steps,
+            allow_weak_isolation=allow_weak_isolation,
+        )
+    )
+
+
 @app.command("eval")
 def eval_(
     task: str = typer.Option(
