@@ -54,7 +54,9 @@ def _listen_socket(host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:  # a host name
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections whose socket says TCP, and without it
+    # a reply written as headers then body waits ~40 ms for the client's delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -85,6 +87,7 @@ class UvicornServer:
         import uvicorn
 
         self._sock = _listen_socket(host, port)
+        self._address = self._sock.getsockname()[:2]  # kept: `url` still answers after close()
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -103,7 +106,7 @@ class UvicornServer:
 
     @property
     def url(self) -> str:
-        host, port = self._sock.getsockname()[:2]
+        host, port = self._address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> UvicornServer:
