@@ -525,8 +525,8 @@ def sandbox_serve(
     import contextlib
     import ipaddress
 
-    from thyme.errors import first_line
     from thyme.asgi import check_port
+    from thyme.errors import first_line
     from thyme.sandbox import Sandbox, SandboxConfig, SandboxError
     from thyme.sandbox.server import SandboxServer, ServerConfig, read_token_file, serve_until_signal
 

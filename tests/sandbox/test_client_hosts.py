@@ -11,7 +11,9 @@ mixes up no episode (episodes hit by the kill are run again in new sessions).
 from __future__ import annotations
 
 import collections
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import time
 
 import pytest
 
-from thyme.sandbox.client import SandboxClient, ServiceUnavailable, SessionLost
+from thyme.sandbox.client import SandboxClient, ServiceError, ServiceUnavailable, SessionLost
 from thyme.sandbox.hosts import HostPool, split_urls
 from thyme.sandbox.loadtest import load_test
 
@@ -167,6 +169,69 @@ def test_a_killed_host_fails_its_sessions_and_new_sessions_go_to_the_live_host(
             b_again.stop()
         for s in (*on_a, *fresh):
             s.close()
+
+
+class HangingUp:
+    """A fake sandbox server on loopback: it opens sessions, leaves a fork unanswered for a second, and hangs
+    up on every other request after reading it (the connection broke after the request was sent)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests: list[tuple[str, str]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            while request := self._read(stream):
+                self.requests.append(request)
+                if request[1].endswith("/fork"):
+                    time.sleep(1.0)
+                if request != ("POST", "/v1/sessions"):
+                    break
+                body = json.dumps({"id": "a" * 24, "paths": []}).encode()
+                head = f"HTTP/1.1 201 Created\r\nContent-Length: {len(body)}\r\n\r\n"
+                conn.sendall(head.encode() + body)
+
+    @staticmethod
+    def _read(stream) -> tuple[str, str] | None:
+        line = stream.readline()
+        if not line:
+            return None
+        method, path, _ = line.decode().split(" ", 2)
+        length = 0
+        while (header := stream.readline()) not in (b"\r\n", b""):
+            name, _, value = header.decode().partition(":")
+            length = int(value) if name.lower() == "content-length" else length
+        stream.read(length)
+        return method, path
+
+
+def test_a_broken_connection_is_retried_only_for_idempotent_calls():
+    server = HangingUp()
+    with SandboxClient(server.url, retries=2, backoff_s=0.01, timeout_s=0.3) as client:
+        session = client.session()
+        run = ("POST", f"/v1/sessions/{session.id}/run")
+        with pytest.raises(SessionLost, match="not retried because the call may have run"):
+            session.run("print(1)")  # a run may have happened: never sent twice
+        assert server.requests.count(run) == 1
+        with pytest.raises(ServiceError, match="did not answer"):
+            session.fork()  # no answer in time: not retried either
+        assert server.requests.count(("POST", f"/v1/sessions/{session.id}/fork")) == 1
+        with pytest.raises(ServiceUnavailable, match="unreachable after 3 tries"):
+            client.health()  # idempotent: tried retries + 1 times
+        assert server.requests.count(("GET", "/v1/health")) == 3
+        session.close()
+        assert server.requests.count(("DELETE", f"/v1/sessions/{session.id}")) == 3
+    server.sock.close()
 
 
 def test_every_host_down_is_a_clear_error(two_hosts):

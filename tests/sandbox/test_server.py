@@ -11,11 +11,13 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 from PIL import Image
@@ -63,7 +65,7 @@ def raw(server, method: str, path: str, body: bytes | None = None, token: str | 
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
-        return resp.status, json.loads(data), dict(resp.getheaders())
+        return resp.status, json.loads(data), resp.headers  # header names case-insensitive
     finally:
         conn.close()
 
@@ -182,6 +184,22 @@ def test_auth_missing_or_wrong_token_is_401(server):
             c.session()
     status, body, _ = raw(server, "GET", "/v1/health", token=None)  # health is open, for load balancers
     assert status == 200 and "landlock" in body["isolation"]
+    status, body, _ = raw(server, "POST", "/v1/sessions", b"{not json", token=None)
+    assert status == 401  # the token is checked before the body is parsed
+
+
+def test_docs_and_openapi_are_served_without_a_token(server):
+    url = urllib.parse.urlsplit(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("GET", "/docs")
+        resp = conn.getresponse()
+        assert resp.status == 200 and b"swagger" in resp.read().lower()
+    finally:
+        conn.close()
+    status, spec, _ = raw(server, "GET", "/openapi.json", token=None)
+    assert status == 200 and "/v1/sessions/{sid}/run" in spec["paths"]
+    assert set(spec["components"]["schemas"]["RunCode"]["properties"]) == {"code", "images"}
 
 
 def test_health_reports_isolation_and_limits(server, sandbox):
@@ -217,6 +235,10 @@ def test_unknown_session_and_endpoint_are_404(server, client):
     assert status == 404 and sid in body["error"]
     status, body, _ = raw(server, "GET", "/v1/nothing-here")
     assert status == 404 and "/v1/" in body["error"]
+    status, body, _ = raw(server, "POST", "/v1/sessions/not-a-session-id/run", b'{"code": "1"}')
+    assert status == 404 and body["error"].startswith("no endpoint")
+    status, body, _ = raw(server, "PUT", "/v1/sessions", b"{}")
+    assert status == 405 and body == {"error": "PUT is not supported on /v1/sessions"}
     status, body, _ = raw(server, "GET", f"/v1/sessions/{sid}/images/..%2F..%2Fetc%2Fpasswd")
     assert status == 404
 
@@ -231,6 +253,73 @@ def test_malformed_requests_are_400(server, client):
         )
         assert status == 400 and "base64" in reply["error"]
         assert s.run("print('fine')").stdout == "fine\n"
+
+
+def test_invalid_bodies_are_400_with_a_sentence_naming_the_field(server):
+    sid = "0" * 24  # the body is checked before the session is looked up
+    cases = [
+        (f"/v1/sessions/{sid}/run", {"code": 42}, ["code", "valid string", "got 42"]),
+        (f"/v1/sessions/{sid}/run", {}, ["'code' is required"]),
+        (f"/v1/sessions/{sid}/run", {"code": "1", "unknown": 1}, ["unknown field 'unknown'"]),
+        (f"/v1/sessions/{sid}/run", {"code": "1", "images": "png"}, ["images", "'base64' or 'url'", "'png'"]),
+        (f"/v1/sessions/{sid}/run", [1, 2], ["must be a JSON object"]),
+        ("/v1/sessions", {"inputs": "a.png"}, ["inputs", "valid list"]),
+        ("/v1/sessions", {"inputs": [{"name": "a.png"}]}, ["'inputs.0.data' is required"]),
+        (f"/v1/sessions/{sid}/fork", {"deep": True}, ["unknown field 'deep'"]),
+    ]
+    for path, body, wanted in cases:
+        status, reply, _ = raw(server, "POST", path, json.dumps(body).encode())
+        assert status == 400 and set(reply) == {"error"}, (body, reply)
+        assert reply["error"].startswith("invalid request body: ") and "/docs" in reply["error"]
+        assert all(w in reply["error"] for w in wanted), (body, reply)
+    status, reply, _ = raw(server, "POST", f"/v1/sessions/{sid}/run", b'{"code": ')
+    assert status == 400 and "not valid JSON" in reply["error"]
+
+
+def test_an_unexpected_server_error_is_a_json_500(server, monkeypatch):
+    monkeypatch.setattr(server.service, "health", lambda: 1 / 0)
+    status, reply, _ = raw(server, "GET", "/v1/health")
+    assert status == 500
+    assert reply == {"error": "internal server error (ZeroDivisionError); see the server log"}
+
+
+def test_a_chunked_body_is_accepted_and_counted_against_the_limit(sandbox):
+    def chunked(srv, body: bytes) -> tuple[int, dict]:
+        url = urllib.parse.urlsplit(srv.url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        try:
+            chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
+            conn.request("POST", "/v1/sessions", body=chunks, encode_chunked=True)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
+
+    with SandboxServer(sandbox, ServerConfig(port=0, max_request_bytes=100_000)) as srv:
+        srv.start()
+        status, reply = chunked(srv, b'{"inputs": []}')
+        assert status == 201 and srv.service.health()["sessions"] == 1
+        srv.service.close_session(reply["id"], {})
+        # just above the limit, so the body is all sent before the server refuses it (and closes)
+        payload = json.dumps({"inputs": [{"name": "a", "data": "A" * 100_100}]}).encode()
+        status, reply = chunked(srv, payload)
+        assert status == 413 and "100000 bytes" in reply["error"]
+        assert srv.service.health()["sessions"] == 0
+
+
+def test_a_connection_close_client_gets_its_answer(server):
+    # urllib sends `Connection: close` and reads to the end of the connection
+    request = urllib.request.Request(
+        server.url + "/v1/sessions", data=b"{}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 201 and resp.headers["Connection"] == "close"
+        sid = json.loads(resp.read())["id"]
+    request = urllib.request.Request(
+        f"{server.url}/v1/sessions/{sid}", method="DELETE", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert json.loads(resp.read()) == {"id": sid, "closed": True}
 
 
 def test_a_busy_session_is_409(client):
@@ -292,6 +381,65 @@ def test_shutdown_closes_every_session(sandbox):
             c.health()
 
 
+def refused(url: str) -> bool:
+    """Whether a new connection to the server at `url` is refused."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+SLOW_RUN = "import time\ntime.sleep(1.0)\nprint('finished')"
+
+
+def test_close_lets_a_run_in_flight_finish_and_refuses_new_connections(sandbox):
+    srv = SandboxServer(sandbox, ServerConfig(port=0)).start()
+    with SandboxClient(srv.url, retries=0) as c:
+        s = c.session()
+        outcome: dict[str, ExecutionResult] = {}
+        call = threading.Thread(target=lambda: outcome.setdefault("r", s.run(SLOW_RUN)))
+        call.start()
+        time.sleep(0.3)
+        closing = threading.Thread(target=srv.close)
+        closing.start()
+        time.sleep(0.2)
+        assert refused(srv.url)  # while the run drains
+        assert closing.is_alive()  # close() waits for it
+        call.join(timeout=10)
+        closing.join(timeout=10)
+        assert outcome["r"].ok and outcome["r"].stdout == "finished\n"
+        assert refused(srv.url) and srv.service.health()["sessions"] == 0
+
+
+def test_sigterm_lets_a_run_in_flight_finish():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thyme", "sandbox", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), proc.stderr.read()
+        url = line.split()[-1]
+        with SandboxClient(url, retries=0) as c:
+            s = c.session()
+            outcome: dict[str, ExecutionResult] = {}
+            call = threading.Thread(target=lambda: outcome.setdefault("r", s.run(SLOW_RUN)))
+            call.start()
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            call.join(timeout=20)
+            assert proc.wait(timeout=30) == 0
+            assert outcome["r"].ok and outcome["r"].stdout == "finished\n"
+            assert refused(url)
+            s.closed = True  # its server closed it
+    finally:
+        proc.kill()
+
+
 def test_closed_sessions_leave_nothing_on_disk(scene_jpeg):
     save = "from PIL import Image\nImage.open(image_path).crop((0, 0, 90, 90)).save(output_dir + '/c.png')"
     with (
@@ -313,10 +461,10 @@ def test_closed_sessions_leave_nothing_on_disk(scene_jpeg):
 
 
 def test_a_stale_keepalive_connection_is_not_used(sandbox):
-    config = ServerConfig(port=0, keepalive_s=0.3)
+    config = ServerConfig(port=0, keepalive_s=1.0)  # uvicorn's shortest: whole seconds, at least 1
     with SandboxServer(sandbox, config) as srv, SandboxClient(srv.start().url) as c, c.session() as s:
         s.run("n = 1")
-        time.sleep(0.8)  # the server has dropped the idle connection by now
+        time.sleep(1.5)  # the server has dropped the idle connection by now
         assert s.run("print(n)").stdout == "1\n"  # a run is never retried, so it needs a fresh connection
 
 
@@ -354,8 +502,6 @@ def test_killing_a_worker_mid_call_fails_only_that_call(server, client, scene_jp
 
 
 def test_a_client_vanishing_mid_call_leaves_the_session_usable(server, client):
-    import socket
-
     with client.session() as s:
         s.run("calls = 0")
         url = urllib.parse.urlsplit(server.url)

@@ -10,9 +10,10 @@
 
 `run` returns a real `ExecutionResult`: images are written as files into a directory the client owns (one
 folder per session, removed by `discard_images()` or `client.close()`), so a rollout worker cannot tell a
-remote session from a local one. Standard library only: keep-alive connections in a small pool per host (one
-per concurrent call) and `asyncio` through a thread pool, because a call spends its time waiting on the
-server, not in Python.
+remote session from a local one. HTTP is httpx: one `httpx.Client` per host, whose pool keeps a keep-alive
+connection per concurrent call (connections idle longer than `IDLE_CONNECTION_S`, or closed by the server,
+are not reused); `asyncio` goes through a thread pool, because a call spends its time waiting on the server,
+not in Python. Nothing is read from the environment (no proxy variables: `trust_env=False`).
 
 Several hosts: `SandboxClient(["http://a:8765", "http://b:8765"])` (or one comma-separated string) spreads
 new sessions over the hosts, each to the host with the fewest sessions this client has open there (ties at
@@ -24,9 +25,11 @@ answering raises `SessionLost` from its calls: its state is gone (or unreachable
 session, which lands on a live host, and re-runs its episode; nothing is re-created behind its back, because
 a silently fresh session would run code against variables that no longer exist.
 
-Retries: a connection that cannot be opened is retried with exponential backoff for every call (nothing was
-sent); a connection that breaks after the request was sent is retried only for idempotent calls (health,
-image downloads, close), because a `run` or `fork` may already have happened. Opening a session tries the
+Retries: a connection that cannot be opened (`httpx.ConnectError`, `httpx.ConnectTimeout`) is retried with
+exponential backoff for every call (nothing was sent); a connection that breaks after the request was sent
+(`httpx.ReadError`, `WriteError`, `RemoteProtocolError`) is retried only for idempotent calls (health, image
+downloads, close), because a `run` or `fork` may already have happened; no answer within `timeout_s`
+(`httpx.ReadTimeout`, `WriteTimeout`) is a `ServiceError`, never retried. Opening a session tries the
 next host at once when one cannot be reached, refuses with 503, or breaks after the request was sent (never
 the same host twice for one broken request; a session it may have created there is reclaimed by that
 server's idle TTL).
@@ -39,28 +42,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
-import json
 import logging
 import os
 import pathlib
 import re
-import select
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import httpx
+
 from thyme.sandbox.hosts import Host, HostPool
 from thyme.sandbox.process import SandboxError
 from thyme.sandbox.result import ExecutionResult
+from thyme.sandbox.service import API, json_bytes, parse_json
 from thyme.sandbox.session import SessionBusy
 
 log = logging.getLogger(__name__)
 
-IDLE_CONNECTION_S = 30.0  # reuse a pooled connection only if younger than this (the server keeps 75 s)
+IDLE_CONNECTION_S = 30.0  # a pooled connection idle longer than this is not reused (the server keeps 75 s)
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SESSION_ID = re.compile(r"[0-9a-f]{24}")
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -117,6 +121,8 @@ class SandboxClient:
     connect_timeout_s: how long opening a connection may take before the host counts as unreachable.
     retries, backoff_s: connection retries (see the module docstring) and the first backoff delay.
     retry_down_s: how long a host that could not be reached is left out of new sessions.
+    max_connections: idle keep-alive connections kept per host (concurrent calls beyond it open more); also
+                the threads `arun` uses.
     """
 
     def __init__(
@@ -136,7 +142,6 @@ class SandboxClient:
         self._hosts = HostPool(base_url, retry_down_s)
         if images not in ("base64", "url"):
             raise ValueError(f'images must be "base64" or "url", got {images!r}')
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.images = images
         self.timeout_s, self.connect_timeout_s = timeout_s, min(connect_timeout_s, timeout_s)
         self.retries, self.backoff_s = retries, backoff_s
@@ -147,6 +152,28 @@ class SandboxClient:
         self._max_connections = max_connections
         self._executor: ThreadPoolExecutor | None = None
         self.closed = False
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s, pool=None)
+        limits = httpx.Limits(  # no cap on connections: a thread never waits for one
+            max_connections=None,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=IDLE_CONNECTION_S,
+        )
+        # httpx would load the CA certificates for each client (~15 ms); one TLS context serves every host,
+        # the system's trust store as before, and plain http hosts get an empty one they never use
+        https = any(h.url.startswith("https:") for h in self._hosts.hosts)
+        tls = ssl.create_default_context() if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._http = {
+            h.url: httpx.Client(
+                base_url=h.url + API,
+                headers=headers,
+                timeout=timeout,
+                limits=limits,
+                verify=tls,
+                trust_env=False,
+            )
+            for h in self._hosts.hosts
+        }
 
     # -- the public API ------------------------------------------------------------------------------
     @property
@@ -188,11 +215,8 @@ class SandboxClient:
             if self.closed:
                 return
             self.closed = True
-            idle = [conn for h in self._hosts.hosts for conn, _ in h.idle]
-            for h in self._hosts.hosts:
-                h.idle = []
-        for conn in idle:
-            conn.close()
+        for http in self._http.values():
+            http.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         if self._owns_dir:
@@ -248,10 +272,10 @@ class SandboxClient:
         tries: int | None = None,
     ) -> dict[str, Any]:
         host = host or self._hosts.get()
-        status, data, _ = self._request(host, method, path, payload, idempotent=idempotent, tries=tries)
+        status, data = self._request(host, method, path, payload, idempotent=idempotent, tries=tries)
         try:
-            reply = json.loads(data) if data else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            reply = parse_json(data) if data else {}
+        except ValueError:
             reply = None
         if not isinstance(reply, dict):
             raise ServiceError(
@@ -274,41 +298,31 @@ class SandboxClient:
         *,
         idempotent: bool,
         tries: int | None = None,
-    ) -> tuple[int, bytes, str]:
+    ) -> tuple[int, bytes]:
+        """One exchange with `host`, retried as the module docstring says; (status, body)."""
         if self.closed:
             raise RuntimeError("this SandboxClient is closed")
-        body = json.dumps(payload, separators=(",", ":")).encode() if payload is not None else None
-        headers = dict(self._headers)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        body = json_bytes(payload) if payload is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        http = self._http[host.url]
         tries = self.retries + 1 if tries is None else tries
         delay, last = self.backoff_s, ""
         for attempt in range(tries):
             if attempt:
                 time.sleep(delay)
                 delay *= 2
-            conn = self._checkout(host)
-            if conn.sock is None:
-                try:
-                    conn.connect()
-                    conn.sock.settimeout(self.timeout_s)
-                except OSError as exc:  # nothing was sent: safe to retry any call
-                    conn.close()
-                    last = f"cannot connect ({exc})"
-                    self._hosts.mark(host, reachable=False)
-                    continue
             try:
-                conn.request(method, host.prefix + path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except TimeoutError:
-                conn.close()
+                resp = http.request(method, path, content=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent: safe to retry
+                last = f"cannot connect ({exc})"
+                self._hosts.mark(host, reachable=False)
+                continue
+            except httpx.TimeoutException:  # sent, and no answer in time
                 raise ServiceError(
                     f"the sandbox server {host.url} did not answer {method} {path} "
                     f"within {self.timeout_s:g} s"
                 ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+            except httpx.TransportError as exc:  # broke after sending: the call may have run
                 last = f"the connection broke during {method} {path} ({type(exc).__name__}: {exc})"
                 if idempotent:
                     continue
@@ -317,39 +331,8 @@ class SandboxClient:
                     "also ends this way when it exceeds the server's size limit)"
                 ) from None
             self._hosts.mark(host, reachable=True)
-            if resp.will_close:
-                conn.close()
-            else:
-                self._checkin(host, conn)
-            return resp.status, data, resp.getheader("Content-Type", "")
+            return resp.status_code, resp.content
         raise ServiceUnavailable(f"sandbox server {host.url} unreachable after {tries} tries: {last}")
-
-    def _checkout(self, host: Host) -> http.client.HTTPConnection:
-        """A pooled keep-alive connection to `host` that is still open, or a new (unconnected) one."""
-        now = time.monotonic()
-        while True:
-            with self._lock:
-                if not host.idle:
-                    break
-                conn, since = host.idle.pop()
-            sock = conn.sock
-            # a readable idle socket means the server closed it (or sent junk): never reuse it
-            if (
-                sock is not None
-                and now - since < IDLE_CONNECTION_S
-                and not select.select([sock], [], [], 0)[0]
-            ):
-                return conn
-            conn.close()
-        name, port = host.netloc
-        return host.conn_cls(name, port, timeout=self.connect_timeout_s)
-
-    def _checkin(self, host: Host, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if not self.closed and len(host.idle) < self._max_connections:
-                host.idle.append((conn, time.monotonic()))
-                return
-        conn.close()
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -369,7 +352,7 @@ class SandboxClient:
             if isinstance(item.get("data"), str):
                 data = base64.b64decode(item["data"], validate=True)
             else:
-                status, data, _ = self._request(
+                status, data = self._request(
                     host, "GET", f"/sessions/{sid}/images/{name}", None, idempotent=True
                 )
                 if status != 200:

@@ -9,7 +9,6 @@ tried again; when every host is down, all are tried. Thread-safe. Used by `thyme
 
 from __future__ import annotations
 
-import http.client
 import logging
 import random
 import threading
@@ -17,8 +16,6 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
-
-from thyme.sandbox.service import API
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +41,11 @@ def split_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class Host:
-    """One sandbox server: its address, its idle keep-alive connections, and what the client knows of it.
+    """One sandbox server: its address and what the client knows of it (its connections are the client's).
     The mutable fields belong to the `HostPool`'s lock."""
 
     def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
         self.url = url
-        self.conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self.netloc = (parts.hostname, parts.port)
-        self.prefix = parts.path.rstrip("/") + API
-        self.idle: list[tuple[http.client.HTTPConnection, float]] = []
         self.sessions = 0
         self.down_until = 0.0  # time.monotonic() before which new sessions avoid this host
 
@@ -63,7 +55,7 @@ class Host:
 
 
 class HostPool:
-    """The hosts of one client (see the module docstring); `lock` also guards each host's idle list."""
+    """The hosts of one client (see the module docstring)."""
 
     def __init__(self, urls: str | Sequence[str], retry_down_s: float) -> None:
         self.hosts = [Host(url) for url in split_urls(urls)]

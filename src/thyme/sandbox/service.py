@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import json
 import logging
 import pathlib
 import re
@@ -23,6 +24,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import pydantic_core
 
 import thyme
 from thyme.errors import FieldError
@@ -51,11 +54,12 @@ class ServerConfig:
     """How the service listens and what it accepts.
 
     host, port:        where to listen; port 0 picks a free port (see `SandboxServer.url`).
-    token:             bearer token every request but health must carry; None serves without auth.
+    token:             bearer token every request but health and the docs must carry; None: no auth.
     max_request_bytes: largest request body (uploads are base64, about 4/3 of the image bytes); larger -> 413.
     idle_ttl_s:        sessions without a call for this long are closed (their worker killed).
     max_sessions:      open sessions (forks included) the server holds at once; more -> 503.
-    keepalive_s:       an idle keep-alive connection is closed after this many seconds.
+    keepalive_s:       an idle keep-alive connection is closed after this many seconds (uvicorn rounds it to
+                       whole seconds, at least 1).
     """
 
     host: str = "127.0.0.1"
@@ -106,6 +110,26 @@ class _Entry:
     images: dict[str, pathlib.Path] = field(default_factory=dict)
     parent: _Entry | None = None  # the session this one was forked from
     closed: bool = False
+
+
+def json_bytes(payload: Any) -> bytes:
+    """`payload` as compact UTF-8 JSON, as the server and the client send it: pydantic's encoder (5x faster
+    than `json.dumps` on an upload's megabyte of base64), `json.dumps` for what it refuses (a lone
+    surrogate in a string)."""
+    try:
+        return pydantic_core.to_json(payload)
+    except ValueError:
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def parse_json(data: bytes) -> Any:
+    """JSON bytes parsed: pydantic's parser (7x faster than `json.loads` on an upload), `json.loads` for
+    what it refuses (an escaped lone surrogate); a `ValueError` (`json.JSONDecodeError`, or
+    `UnicodeDecodeError`) when the bytes are not JSON."""
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return json.loads(data)
 
 
 def result_to_json(result: ExecutionResult, images: list[dict[str, str]]) -> dict[str, Any]:
