@@ -42,17 +42,21 @@ def expected(agent, toy):
 
 
 @pytest.fixture(scope="session")
-def web_server(agent, tmp_path_factory):
-    """The page on a free loopback port; Gradio's cache in a test folder (as `thyme web` gives it one)."""
-    from thyme.web import WebServer
-
+def gradio_cache(tmp_path_factory):
+    """Gradio's cache in a test folder (as `thyme web` gives it a folder of its own), not /tmp/gradio."""
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio-cache"))
-    try:
-        with WebServer(agent, port=0, model_name="thyme-tiny") as server:
-            yield server
-    finally:
-        if previous is None:
-            del os.environ["GRADIO_TEMP_DIR"]
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = previous
+    yield pathlib.Path(os.environ["GRADIO_TEMP_DIR"])
+    if previous is None:
+        del os.environ["GRADIO_TEMP_DIR"]
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def web_server(agent, gradio_cache):
+    """The page for thyme-tiny on a free loopback port, served from this process."""
+    from thyme.web import WebServer
+
+    with WebServer(agent, port=0, model_name="thyme-tiny") as server:
+        yield server

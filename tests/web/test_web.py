@@ -380,7 +380,7 @@ class _Slowed:
         return self.backend.generate(requests, on_tokens=late)
 
 
-def test_stop_ends_a_run_and_the_page_asks_again(browser, agent):
+def test_stop_ends_a_run_and_the_page_asks_again(browser, agent, gradio_cache):
     from playwright.sync_api import expect
 
     from thyme.web import WebServer
