@@ -158,8 +158,8 @@ def serve(
     """OpenAI-compatible /v1/chat/completions: the whole loop server-side (or, with --raw, generation)."""
     from thyme.agent import AgentConfig, BackendError
     from thyme.agent.backends.base import check_device
-    from thyme.errors import cli_flags, first_line
     from thyme.asgi import check_port
+    from thyme.errors import cli_flags, first_line
     from thyme.sandbox import SandboxConfig, SandboxError
     from thyme.sandbox.server import read_token_file
     from thyme.serve.agent import serve_agent

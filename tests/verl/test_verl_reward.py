@@ -40,7 +40,10 @@ def test_gold_forms_choices_and_rollout_facts():
         compute_score("toy", GOOD, "12", judge_url="http://judge:8000/v1")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("verl.trainer") is None, reason="verl runs in its own environment")
+NO_VERL = importlib.util.find_spec("verl.trainer") is None  # verl has its own environment: make test-verl
+
+
+@pytest.mark.skipif(NO_VERL, reason="verl runs in its own environment")
 def test_verl_loads_and_calls_it_as_a_custom_reward_function():
     from omegaconf import OmegaConf
     from verl.trainer.ppo.reward import get_custom_reward_fn
