@@ -52,15 +52,18 @@ test-unprivileged:
 	chown -R $(TEST_USER): /home/$(TEST_USER)/repo
 	su $(TEST_USER) -c 'cd ~/repo && /usr/bin/python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev,models]" $(TORCH) && .venv/bin/pytest -q tests/sandbox && .venv/bin/pytest -q tests/test_cli.py -k sandbox'
 
-# The declared lower bounds (pyproject.toml), tested: a third virtualenv, .venv-lower/, with every training and
-# model dependency at the lowest version pyproject.toml allows, running the model, agent and training tests.
+# The declared lower bounds (pyproject.toml), tested: a third virtualenv, .venv-lower/, with every training,
+# model and serving dependency at the lowest version pyproject.toml allows, running the model, agent,
+# training, web page and sandbox service tests.
 # (transformers 5.5.4 names the KV cache `past_key_values` where 5.25 says `cache`; this is where that shows.)
 LOWER_VENV ?= .venv-lower
-LOWER_PINS := transformers==5.5.4 accelerate==1.16.0 trl==1.16.0 peft==0.21.0 datasets==5.2.0
+LOWER_PINS := transformers==5.5.4 accelerate==1.16.0 trl==1.16.0 peft==0.21.0 datasets==5.2.0 \
+	fastapi==0.165.0 uvicorn==0.55.0 pydantic==2.14.0 httpx==0.29.0 gradio==6.31.0 playwright==1.65.0
 test-lower:
 	test -x $(LOWER_VENV)/bin/python || python3 -m venv $(LOWER_VENV)
-	$(LOWER_VENV)/bin/pip install -q -e ".[dev,models,train]" $(TORCH) $(LOWER_PINS)
-	$(LOWER_VENV)/bin/pytest -q -p no:cacheprovider tests/models tests/agent tests/train
+	$(LOWER_VENV)/bin/pip install -q -e ".[dev,models,train,web]" $(TORCH) $(LOWER_PINS)
+	$(LOWER_VENV)/bin/pytest -q -p no:cacheprovider tests/models tests/agent tests/train tests/web \
+		tests/sandbox/test_server.py tests/sandbox/test_client_hosts.py
 
 # The verl agent loop needs verl's own environment (verl 0.9 pins an older transformers): a second
 # virtualenv, .venv-verl/, where the adapter runs inside real verl against a fake server manager and a real
