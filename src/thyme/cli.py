@@ -521,7 +521,8 @@ def sandbox_serve(
     ),
     filesystem: str = FILESYSTEM_OPTION,
 ) -> None:
-    """Serve sandbox sessions over HTTP (create, run, fork, close) until Ctrl-C or SIGTERM."""
+    """Serve sandbox sessions over HTTP (create, run, fork, close; /docs) until Ctrl-C or SIGTERM, which let
+    the runs in flight finish first."""
     import contextlib
     import ipaddress
 
