@@ -180,10 +180,9 @@ class GenerationServer:
 
         async def chat(request: Request, body: ChatCompletionRequest) -> Response:
             authorized(request)
-            parsed = await run_in_threadpool(self.parse, body)
-            if parsed.stream:
-                return await self._event_stream(parsed)
-            return JSONResponse(await run_in_threadpool(lambda: self.response(self.complete(parsed))))
+            if body.stream:
+                return await self._event_stream(await run_in_threadpool(self.parse, body))
+            return await run_in_threadpool(self._answer, body)  # the event loop only moves bytes
 
         chat.__annotations__ = {"request": Request, "body": self.request_model, "return": Response}
         app.post("/v1/chat/completions", response_model=None)(chat)
@@ -216,6 +215,11 @@ class GenerationServer:
             return JSONResponse(ApiError(500, message, type_="server_error").body, status_code=500)
 
         return app
+
+    def _answer(self, body: ChatCompletionRequest) -> Response:
+        """A non-streamed completion as a ready JSON response (runs in a worker thread)."""
+        data = json.dumps(self.response(self.complete(self.parse(body))), separators=(",", ":"))
+        return Response(data.encode(), media_type="application/json")
 
     async def _event_stream(self, request: ChatRequest) -> Response:
         """Server-sent events as `stream` produces chunks (in a worker thread). The response starts with
