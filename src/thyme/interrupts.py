@@ -3,7 +3,7 @@
 A scheduler, `timeout` or `kill` sends SIGTERM; Python's default action ends the process at once, leaving
 the agent's artifacts, the sandbox's root and staging folders behind. `thyme.cli.main` runs every command
 inside `sigterm_interrupts()`; library entry points that own temporary folders (`eval_command`) use it too,
-for callers that are not the CLI. Servers wait for SIGINT/SIGTERM themselves (`thyme.httpd`) and restore
+for callers that are not the CLI. Servers wait for SIGINT/SIGTERM themselves (`thyme.asgi`) and restore
 this handler when they stop.
 
     with sigterm_interrupts():
